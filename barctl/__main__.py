@@ -1,0 +1,3 @@
+from barctl.cli import main
+
+main()
