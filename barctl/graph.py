@@ -1,0 +1,184 @@
+"""Recipe -> graph of nodes with content keys.
+
+A node's key digests its kind, the kind's version, its resolved config, the keys of its
+inputs and the fingerprints of the data it reads. Keys chain through inputs (like Nix),
+so the whole plan is known before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol
+
+from barctl.recipe import Recipe, Stage
+
+# Bump a kind's version whenever its runner's output changes for the same config:
+# every node of that kind then rebuilds, with the reason named in the plan.
+KIND_VERSIONS = {
+    "base": 1,
+    "branch": 1,
+    "midtrain": 1,
+    "sft": 1,
+    "dpo": 1,
+    "grpo": 1,
+    "merge": 1,
+    "router": 1,
+    "export": 1,
+}
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    kind: str
+    config: dict[str, Any]
+    inputs: tuple[str, ...]
+    data: dict[str, Any]
+    key: str
+
+    @property
+    def kind_version(self) -> int:
+        return KIND_VERSIONS[self.kind]
+
+
+class Graph:
+    """Nodes in topological order (every node after its inputs)."""
+
+    def __init__(self, nodes: list[Node]):
+        self._nodes = {node.id: node for node in nodes}
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self._nodes.values())
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._nodes
+
+    def __getitem__(self, node_id: str) -> Node:
+        return self._nodes[node_id]
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._nodes)
+
+    def ancestors(self, node_id: str) -> set[str]:
+        """The node and everything it depends on."""
+        seen: set[str] = set()
+        stack = [node_id]
+        while stack:
+            current = stack.pop()
+            if current not in seen:
+                seen.add(current)
+                stack.extend(self._nodes[current].inputs)
+        return seen
+
+    def consumers(self, node_id: str) -> list[str]:
+        return [n.id for n in self if node_id in n.inputs]
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def node_key(kind: str, config: dict, input_keys: dict[str, str], data: dict) -> str:
+    payload = {
+        "kind": kind,
+        "kind_version": KIND_VERSIONS[kind],
+        "config": config,
+        "inputs": input_keys,
+        "data": data,
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+        self.keys: dict[str, str] = {}
+
+    def add(self, node_id: str, kind: str, config: dict, inputs: list[str], data: dict | None = None) -> str:
+        data = data or {}
+        input_keys = {i: self.keys[i] for i in inputs}
+        key = node_key(kind, config, input_keys, data)
+        self.nodes.append(Node(node_id, kind, config, tuple(inputs), data, key))
+        self.keys[node_id] = key
+        return node_id
+
+
+def build_graph(recipe: Recipe, fingerprints: "Fingerprints") -> Graph:
+    """Every node the recipe implies, keyed. `fingerprints` digests models and data."""
+    b = _Builder()
+    base_data = {"anchor": fingerprints.model(recipe.anchor)}
+    if recipe.pretrained is not None:
+        base_data["pretrained"] = fingerprints.model(recipe.pretrained)
+    base = b.add("base", "base", {"anchor": recipe.anchor, "pretrained": recipe.pretrained}, [], base_data)
+
+    expert_heads = []
+    for expert in recipe.experts:
+        prefix = f"experts.{expert.name}"
+        head = b.add(
+            f"{prefix}.branch", "branch",
+            {"expert": expert.name, "ffn": expert.ffn, "seed": expert.seed,
+             "architecture": recipe.output["architecture"]},
+            [base],
+        )
+        for stage in expert.stages:
+            head = b.add(
+                f"{prefix}.{stage.name}", stage.kind, stage_config(stage), [head],
+                {name: fingerprints.dataset(recipe.datasets[name]) for name in stage_datasets(stage)},
+            )
+        expert_heads.append(head)
+
+    merge = b.add(
+        "merge", "merge",
+        {"experts": [e.name for e in recipe.experts], "shared": recipe.routing["shared"],
+         "top_k": resolved_top_k(recipe), "architecture": recipe.output["architecture"]},
+        [base, *expert_heads],
+    )
+    router = b.add(
+        "router", "router",
+        {"init": recipe.routing["init"], "train": recipe.routing["train"], "seed": recipe.seed},
+        [merge],
+    )
+    output = recipe.output
+    b.add(
+        "export", "export",
+        {"dir": output["dir"], "dtype": output["dtype"], "max_shard_size": output["max_shard_size"],
+         "smoke_test": output["smoke_test"]},
+        [merge, router],
+    )
+    return Graph(b.nodes)
+
+
+def stage_config(stage: Stage) -> dict[str, Any]:
+    """What a stage computes. The launcher says only where it runs, so it is not part of the key."""
+    return {
+        "kind": stage.kind,
+        "mix": stage.mix,
+        "trainable": list(stage.trainable),
+        "training": stage.training,
+        "rewards": list(stage.rewards),
+    }
+
+
+def stage_datasets(stage: Stage) -> list[str]:
+    if stage.mix is None:
+        return []
+    return sorted({source["dataset"] for source in stage.mix["sources"]})
+
+
+def resolved_top_k(recipe: Recipe) -> int:
+    top_k = recipe.routing["top_k"]
+    return len(recipe.experts) + 1 if top_k == "all" else int(top_k)
+
+
+class Fingerprints(Protocol):
+    """What the graph needs to know about inputs outside barctl: models and data."""
+
+    def model(self, source: dict[str, Any]) -> Any: ...
+
+    def dataset(self, spec: dict[str, Any]) -> Any: ...

@@ -1,0 +1,1 @@
+"""Model mechanics: families, streamed checkpoint I/O, branch, merge, router, export."""

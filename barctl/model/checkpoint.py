@@ -1,0 +1,186 @@
+"""Streamed safetensors I/O over Hugging Face model directories, one tensor at a time."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from barctl.errors import BarctlError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack")
+
+
+def read_config(model_dir: Path) -> dict:
+    """config.json of a model directory as a dict."""
+    path = Path(model_dir) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BarctlError(f"{model_dir} has no config.json: not a Hugging Face model directory") from None
+    except json.JSONDecodeError as e:
+        raise BarctlError(f"{path} is not valid JSON: {e}") from None
+
+
+def weight_map(model_dir: Path) -> dict[str, str]:
+    """Tensor name -> safetensors file name; refuses directories holding pickled weights only."""
+    model_dir = Path(model_dir)
+    index = model_dir / INDEX_FILE
+    if index.is_file():
+        return dict(json.loads(index.read_text())["weight_map"])
+    single = model_dir / SINGLE_FILE
+    if single.is_file():
+        with safe_open(single, "pt") as f:
+            return {name: SINGLE_FILE for name in f.keys()}
+    if any(model_dir.glob("*.bin")) or any(model_dir.glob("*.pt")) or any(model_dir.glob("*.pth")):
+        raise BarctlError(
+            f"{model_dir} holds PyTorch pickle weights (*.bin/*.pt) and no safetensors; barctl never unpickles. "
+            "Convert the model to safetensors (e.g. save_pretrained with safe_serialization) first."
+        )
+    raise BarctlError(f"{model_dir} has no {SINGLE_FILE} or {INDEX_FILE}")
+
+
+class CheckpointReader:
+    """Reads the tensors of a safetensors model directory one at a time."""
+
+    def __init__(self, model_dir: Path):
+        self.dir = Path(model_dir)
+        self.config = read_config(self.dir)
+        self._map = weight_map(self.dir)
+        self._handles: dict[str, object] = {}
+
+    def names(self) -> list[str]:
+        return sorted(self._map)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._map
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._handle(name).get_tensor(name)
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        return tuple(self._handle(name).get_slice(name).get_shape())
+
+    def dtype_of(self, name: str) -> torch.dtype:
+        return _DTYPES[self._handle(name).get_slice(name).get_dtype()]
+
+    def close(self) -> None:
+        self._handles.clear()
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _handle(self, name: str):
+        try:
+            file = self._map[name]
+        except KeyError:
+            raise BarctlError(f"{self.dir}: no tensor named {name!r}") from None
+        if file not in self._handles:
+            path = self.dir / file
+            if not path.is_file():
+                raise BarctlError(f"{self.dir}: {file} is listed in the index but missing")
+            self._handles[file] = safe_open(path, "pt")
+        return self._handles[file]
+
+
+class ShardedWriter:
+    """Writes tensors into safetensors shards of at most `max_shard_bytes` (one buffered shard in memory)."""
+
+    def __init__(self, out_dir: Path, max_shard_bytes: int):
+        if max_shard_bytes <= 0:
+            raise BarctlError(f"max shard size must be positive, got {max_shard_bytes} bytes")
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.max_shard_bytes = max_shard_bytes
+        self._buffer: dict[str, torch.Tensor] = {}
+        self._buffer_bytes = 0
+        self._shards: list[list[str]] = []
+        self._names: set[str] = set()
+        self._total = 0
+        self._closed = False
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self._names:
+            raise BarctlError(f"tensor {name!r} written twice")
+        self._names.add(name)
+        size = tensor.numel() * tensor.element_size()
+        if self._buffer and self._buffer_bytes + size > self.max_shard_bytes:
+            self._flush()
+        # Own the memory: safetensors refuses tensors that share storage.
+        self._buffer[name] = tensor.detach().contiguous().clone()
+        self._buffer_bytes += size
+        self._total += size
+
+    def close(self) -> None:
+        """Flush and give the shards their final Hugging Face names (plus the index when sharded)."""
+        if self._closed:
+            return
+        self._flush()
+        self._closed = True
+        count = len(self._shards)
+        if count <= 1:
+            if count == 0:
+                save_file({}, self.dir / SINGLE_FILE, metadata={"format": "pt"})
+            else:
+                os.replace(self._tmp_name(0), self.dir / SINGLE_FILE)
+            return
+        mapping = {}
+        for i, names in enumerate(self._shards):
+            final = f"model-{i + 1:05d}-of-{count:05d}.safetensors"
+            os.replace(self._tmp_name(i), self.dir / final)
+            mapping.update({n: final for n in names})
+        index = {"metadata": {"total_size": self._total}, "weight_map": dict(sorted(mapping.items()))}
+        (self.dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        save_file(self._buffer, self._tmp_name(len(self._shards)), metadata={"format": "pt"})
+        self._shards.append(list(self._buffer))
+        self._buffer = {}
+        self._buffer_bytes = 0
+
+    def _tmp_name(self, i: int) -> Path:
+        return self.dir / f".shard-{i:05d}.safetensors.partial"
+
+
+def write_config(out_dir: Path, config: dict) -> None:
+    (Path(out_dir) / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def copy_side_files(src_dir: Path, dst_dir: Path) -> list[str]:
+    """Copy tokenizer, generation config, chat template and other non-weight files; return their names."""
+    copied = []
+    for path in sorted(Path(src_dir).iterdir()):
+        name = path.name
+        if not path.is_file() or name.startswith(".") or name == "config.json":
+            continue
+        if name.endswith(_WEIGHT_SUFFIXES) or name.endswith(".index.json"):
+            continue
+        shutil.copy2(path, Path(dst_dir) / name)
+        copied.append(name)
+    return copied

@@ -1,0 +1,46 @@
+"""Node runners: one module per node kind, each a thin layer over barctl.model or a trainer.
+
+A runner gets a NodeContext, writes its artifact into `ctx.out` and returns metrics.
+Runners are imported only when a node runs, so planning never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from barctl.graph import Node
+from barctl.recipe import Recipe
+
+RUNNERS = {
+    "base": "barctl.nodes.base",
+    "branch": "barctl.nodes.branch",
+    "merge": "barctl.nodes.merge",
+    "router": "barctl.nodes.router",
+    "export": "barctl.nodes.export",
+}
+
+
+@dataclass
+class NodeContext:
+    recipe: Recipe
+    node: Node
+    inputs: dict[str, Path]  # input node id -> its artifact directory
+    out: Path  # an empty staging directory: the artifact goes here
+    work: Path  # scratch space that survives a killed run (checkpoints to resume from)
+    upstream: dict[str, dict[str, Any]] = field(default_factory=dict)  # lock entries of ancestors
+    say: Callable[[str], None] = lambda message: None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.node.config
+
+
+def has_runner(kind: str) -> bool:
+    return kind in RUNNERS
+
+
+def runner_for(kind: str) -> Callable[[NodeContext], dict[str, Any]]:
+    return importlib.import_module(RUNNERS[kind]).run

@@ -1,0 +1,19 @@
+"""`base`: materialise the anchor (and the optional pretrained FFN source) as safetensors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from barctl.nodes import NodeContext
+
+
+def run(ctx: NodeContext) -> dict[str, Any]:
+    from barctl.model.source import materialise
+
+    recipe = ctx.recipe
+    ctx.say("materialising the anchor")
+    materialise(recipe.resolve_source(ctx.config["anchor"]), ctx.out / "anchor")
+    if ctx.config["pretrained"] is not None:
+        ctx.say("materialising the pretrained FFN source")
+        materialise(recipe.resolve_source(ctx.config["pretrained"]), ctx.out / "pretrained")
+    return {}

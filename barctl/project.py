@@ -1,0 +1,58 @@
+"""One manifest's world: its recipe, graph, lockfile and store, and planning over them."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from barctl.errors import ManifestError
+from barctl.graph import Graph, build_graph
+from barctl.lock import Lockfile
+from barctl.plan import Plan, make_plan
+from barctl.recipe import Recipe, load_recipe
+from barctl.store import Store
+
+
+@dataclass
+class Project:
+    recipe: Recipe
+    graph: Graph
+    lockfile: Lockfile
+    store: Store
+
+    @classmethod
+    def load(cls, manifest: Path) -> "Project":
+        """Validate the manifest, check its models and data, and key every node."""
+        from barctl.checks import plan_issues
+        from barctl.fingerprints import ProjectFingerprints
+
+        recipe = load_recipe(manifest)
+        issues = plan_issues(recipe)
+        if issues:
+            raise ManifestError(recipe.document.filename, issues)
+        store = Store(recipe.root)
+        graph = build_graph(recipe, ProjectFingerprints(recipe, store.cache))
+        store.save_cache()
+        manifest_name = recipe.manifest_path.relative_to(recipe.lockfile.parent).as_posix() \
+            if recipe.manifest_path.is_relative_to(recipe.lockfile.parent) else str(recipe.manifest_path)
+        lockfile = Lockfile.read(recipe.lockfile, manifest_name)
+        return cls(recipe, graph, lockfile, store)
+
+    @property
+    def manifest_digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.recipe.text.encode()).hexdigest()
+
+    def plan(self, targets: list[str] | None = None, replace: list[str] | None = None) -> Plan:
+        plan = make_plan(
+            self.graph,
+            self.lockfile.entries,
+            self.store.problem_with,
+            manifest=str(self.recipe.manifest_path),
+            manifest_digest=self.manifest_digest,
+            lock_digest=self.lockfile.digest(),
+            targets=targets,
+            replace=replace,
+        )
+        self.store.save_cache()
+        return plan

@@ -1,0 +1,425 @@
+"""Manifest loading: safe YAML, schema validation, semantic checks, defaults -> Recipe.
+
+Every problem of a manifest is collected and reported at once, each with its YAML
+path and line (torchtune-style), so a user fixes a manifest in one pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from barctl.errors import Issue, ManifestError
+from barctl.yamlload import LoadedYaml, load_yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "manifest.schema.json"
+
+STAGE_KINDS = ("midtrain", "sft", "dpo", "grpo")
+DEFAULT_TRAINABLE = {
+    "midtrain": ("expert", "router"),
+    "sft": ("expert", "router", "embeddings", "lm_head"),
+    "dpo": ("all",),
+    "grpo": ("all",),
+}
+FORMATS_FOR_KIND = {
+    "midtrain": ("text",),
+    "sft": ("messages", "prompt_completion"),
+    "dpo": ("preference",),
+    "grpo": ("prompt",),
+}
+SOURCE_KINDS = ("path", "hub", "package", "random")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    kind: str
+    mix: dict[str, Any] | None
+    trainable: tuple[str, ...]
+    training: dict[str, Any]
+    rewards: tuple[dict[str, Any], ...]
+    launcher: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Expert:
+    name: str
+    ffn: str  # "pretrained" or "anchor"
+    seed: int
+    stages: tuple[Stage, ...]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated manifest with every default filled in.
+
+    Paths stay as written (relative to `root`), so that node keys do not depend on
+    where the project is checked out; `resolve` turns them into absolute paths.
+    """
+
+    manifest_path: Path
+    root: Path
+    text: str
+    name: str
+    seed: int
+    lockfile: Path
+    anchor: dict[str, Any]
+    pretrained: dict[str, Any] | None
+    datasets: dict[str, dict[str, Any]]
+    experts: tuple[Expert, ...]
+    routing: dict[str, Any]
+    output: dict[str, Any]
+    document: LoadedYaml
+    evals: dict[str, Any] = field(default_factory=dict)
+    gates: tuple[Any, ...] = ()
+
+    def resolve(self, relative: str) -> Path:
+        return (self.root / relative).resolve()
+
+    def resolve_source(self, source: dict[str, Any]) -> dict[str, Any]:
+        """A model source with its local paths made absolute, for the runners."""
+        resolved = dict(source)
+        if "path" in source:
+            resolved["path"] = str(self.resolve(source["path"]))
+        if "random" in source:
+            random = dict(source["random"])
+            random["tokenizer"] = self.resolve_source(random["tokenizer"])
+            resolved["random"] = random
+        return resolved
+
+    def issue(self, path: tuple, message: str) -> Issue:
+        """An Issue located at a YAML path of this manifest."""
+        return self.document.issue(path, message)
+
+    @property
+    def max_shard_bytes(self) -> int:
+        return parse_size(self.output["max_shard_size"])
+
+    @property
+    def output_dir(self) -> Path:
+        return self.resolve(self.output["dir"])
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".barctl"
+
+    def expert(self, name: str) -> Expert:
+        return next(e for e in self.experts if e.name == name)
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def load_recipe(manifest: Path) -> Recipe:
+    """Load, validate and complete a manifest; raise ManifestError listing every problem."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise ManifestError(str(manifest), [Issue("", "no such manifest file")])
+    loaded = load_yaml(manifest)
+    issues = _dedupe(schema_issues(loaded) + semantic_issues(loaded, manifest.resolve().parent))
+    if issues:
+        raise ManifestError(loaded.filename, issues)
+    return _build_recipe(loaded, manifest.resolve())
+
+
+# -- schema -----------------------------------------------------------------------
+
+
+def schema_issues(loaded: LoadedYaml) -> list[Issue]:
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(load_schema())
+    issues = []
+    for error in validator.iter_errors(loaded.data):
+        issues.extend(_issues_from_schema_error(loaded, error))
+    return _dedupe(issues)
+
+
+def _issues_from_schema_error(loaded: LoadedYaml, error: Any) -> list[Issue]:
+    path = tuple(error.absolute_path)
+    validator = error.validator
+    if validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extras = [k for k in error.instance if k not in error.schema.get("properties", {})]
+        return [
+            loaded.issue(path + (key,), f"unknown field '{key}'{_did_you_mean(key, allowed)}", at_key=True)
+            for key in extras
+        ]
+    if validator == "required":
+        missing = error.message.split("'")[1]
+        return [loaded.issue(path, f"missing required field '{missing}'")]
+    if validator == "enum":
+        options = ", ".join(str(o) for o in error.validator_value)
+        hint = _did_you_mean(str(error.instance), [str(o) for o in error.validator_value])
+        return [loaded.issue(path, f"{error.instance!r} is not one of: {options}{hint}")]
+    if validator == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return [loaded.issue(path, f"expected {_article(expected)}, got {_describe(error.instance)}")]
+    if "propertyNames" in error.schema_path:
+        return [loaded.issue(path + (error.instance,), _name_message(path, error.instance), at_key=True)]
+    if validator == "oneOf" and path[-1:] == ("top_k",):
+        return [loaded.issue(path, f"must be a positive integer or 'all', got {error.instance!r}")]
+    if validator == "const":
+        return [loaded.issue(path, f"must be {error.validator_value!r}, got {error.instance!r}")]
+    if validator == "minProperties" and path == ("experts",):
+        return [loaded.issue(path, "declare at least one expert")]
+    return [loaded.issue(path, error.message)]
+
+
+def _name_message(path: tuple, name: str) -> str:
+    if path == ("experts",):
+        return (f"name {name!r} is not allowed: use lower-case letters, digits, '_' or '-', starting with "
+                "a letter (names become node ids such as experts.<name>.sft)")
+    return f"name {name!r} is not allowed: use letters, digits, '_', '-' or '.'"
+
+
+# -- semantic checks ----------------------------------------------------------------
+
+
+def semantic_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
+    """Checks the schema cannot express: references, exclusive fields, files that must exist.
+
+    They also run on a manifest with schema errors, so that every problem shows at once;
+    a part too malformed to check is skipped, since the schema already reported it.
+    """
+    issues: list[Issue] = []
+    for check in (_base_issues, _datasets_issues, _experts_issues, _routing_issues, _output_issues):
+        try:
+            issues += check(loaded, root)
+        except (KeyError, TypeError, AttributeError, ValueError):
+            continue
+    return issues
+
+
+def _base_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
+    base = loaded.data["base"]
+    issues = _source_issues(loaded, root, ("base", "anchor"), base["anchor"])
+    if "pretrained" in base:
+        issues += _source_issues(loaded, root, ("base", "pretrained"), base["pretrained"])
+        if "random" in base["pretrained"]:
+            issues.append(loaded.issue(("base", "pretrained", "random"), "a pretrained FFN source cannot be random"))
+    return issues
+
+
+def _datasets_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
+    issues = []
+    for name, spec in loaded.data.get("datasets", {}).items():
+        issues += _dataset_issues(loaded, root, ("datasets", name), spec)
+    return issues
+
+
+def _experts_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
+    data = loaded.data
+    issues: list[Issue] = []
+    datasets = data.get("datasets", {})
+    has_pretrained = "pretrained" in data.get("base", {})
+    for expert_name, expert in data["experts"].items():
+        where = ("experts", expert_name)
+        if expert.get("ffn") == "pretrained" and not has_pretrained:
+            issues.append(loaded.issue(where + ("ffn",), "ffn: pretrained needs base.pretrained"))
+        seen: dict[str, int] = {}
+        for index, stage in enumerate(expert.get("stages", [])):
+            issues += _stage_issues(loaded, where + ("stages", index), stage, datasets)
+            name = stage.get("name", stage["kind"])
+            if name in seen:
+                issues.append(loaded.issue(where + ("stages", index),
+                    f"stage name '{name}' is used twice in this expert (stages[{seen[name]}] too); "
+                    "give each a distinct `name`",
+                ))
+            seen[name] = index
+    return issues
+
+
+def _source_issues(loaded: LoadedYaml, root: Path, where: tuple, source: dict) -> list[Issue]:
+    given = [k for k in SOURCE_KINDS if k in source]
+    if len(given) != 1:
+        found = ", ".join(given) if given else "none"
+        return [loaded.issue(where, f"give exactly one of path, hub, package or random (found: {found})")]
+    kind = given[0]
+    issues = []
+    allowed = {"path": {"path", "gguf_file"}, "hub": {"hub", "revision", "gguf_file"},
+               "package": {"package", "file"}, "random": {"random"}}[kind]
+    for extra in sorted(set(source) - allowed):
+        issues.append(loaded.issue(where + (extra,), f"'{extra}' does not go with '{kind}'", at_key=True))
+    if kind == "package" and "file" not in source:
+        issues.append(loaded.issue(where, "a package source needs `file`: the model file inside the package"))
+    if kind == "path" and not (root / source["path"]).exists():
+        issues.append(loaded.issue(where + ("path",), f"no such file or directory: {source['path']}"))
+    if kind == "random":
+        issues += _source_issues(loaded, root, where + ("random", "tokenizer"), source["random"]["tokenizer"])
+    return issues
+
+
+def _dataset_issues(loaded: LoadedYaml, root: Path, where: tuple, spec: dict) -> list[Issue]:
+    if ("path" in spec) == ("hub" in spec):
+        return [loaded.issue(where, "give exactly one of `path` (local files) or `hub` (a hub dataset id)")]
+    issues = []
+    if "path" in spec:
+        for extra in ("revision", "subset"):
+            if extra in spec:
+                issues.append(loaded.issue(where + (extra,), f"'{extra}' only goes with `hub`", at_key=True))
+        pattern = str(root / spec["path"])
+        if not glob.glob(pattern):
+            issues.append(loaded.issue(where + ("path",), f"no files match {spec['path']}"))
+    return issues
+
+
+def _stage_issues(loaded: LoadedYaml, where: tuple, stage: dict, datasets: dict) -> list[Issue]:
+    kind = stage["kind"]
+    issues = []
+    mix = stage.get("mix")
+    if mix is not None:
+        uses_weight = False
+        for index, source in enumerate(mix["sources"]):
+            at = where + ("mix", "sources", index)
+            amounts = [k for k in ("weight", "fraction", "count") if k in source]
+            if len(amounts) != 1:
+                issues.append(loaded.issue(at, "give exactly one of weight, fraction or count"))
+            uses_weight |= "weight" in amounts
+            name = source["dataset"]
+            if name not in datasets:
+                issues.append(loaded.issue(at + ("dataset",),
+                    f"unknown dataset '{name}'{_did_you_mean(name, sorted(datasets))}",
+                ))
+            elif datasets[name]["format"] not in FORMATS_FOR_KIND[kind]:
+                wanted = " or ".join(FORMATS_FOR_KIND[kind])
+                issues.append(loaded.issue(at + ("dataset",),
+                    f"dataset '{name}' has format {datasets[name]['format']}; a {kind} stage needs {wanted}",
+                ))
+        if uses_weight and "size" not in mix:
+            issues.append(loaded.issue(where + ("mix",), "a mix with weights needs `size`: the total rows"))
+    trainable = stage.get("trainable", [])
+    if "all" in trainable and len(trainable) > 1:
+        issues.append(loaded.issue(where + ("trainable",), "'all' already includes every other group"))
+    if kind == "grpo" and "rewards" not in stage:
+        issues.append(loaded.issue(where, "a grpo stage needs `rewards`"))
+    if kind != "grpo" and "rewards" in stage:
+        issues.append(loaded.issue(where + ("rewards",), f"rewards only go with grpo, not {kind}", at_key=True))
+    return issues
+
+
+def _routing_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
+    data = loaded.data
+    top_k = data.get("routing", {}).get("top_k", "all")
+    slots = len(data["experts"]) + 1
+    if isinstance(top_k, int) and top_k > slots:
+        return [loaded.issue(("routing", "top_k"),
+            f"top_k {top_k} exceeds the merged model's {slots} experts (the anchor and {slots - 1} domains)",
+        )]
+    return []
+
+
+def _output_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
+    target = (root / loaded.data["output"]["dir"]).resolve()
+    state = (root / ".barctl").resolve()
+    if target == root.resolve() or target in root.resolve().parents:
+        return [loaded.issue(("output", "dir"), "the output must be a directory of its own, not the project's")]
+    if target == state or state in target.parents:
+        return [loaded.issue(("output", "dir"), "the output cannot live inside .barctl/")]
+    return []
+
+
+# -- construction -------------------------------------------------------------------
+
+
+def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
+    data = loaded.data
+    seed = data.get("seed", 0)
+    base = data["base"]
+    pretrained = base.get("pretrained")
+    experts = tuple(
+        Expert(
+            name=name,
+            ffn=spec.get("ffn", "pretrained" if pretrained else "anchor"),
+            seed=spec.get("seed", seed),
+            stages=tuple(_build_stage(stage, seed) for stage in spec.get("stages", [])),
+        )
+        for name, spec in data["experts"].items()
+    )
+    routing = {"top_k": "all", "shared": "average", "init": "experts", "train": None}
+    routing.update(data.get("routing", {}))
+    output = {"architecture": "auto", "dtype": "auto", "max_shard_size": "2GB", "smoke_test": True}
+    output.update(data["output"])
+    datasets = {
+        name: {"name": name, "split": "train", **spec} for name, spec in data.get("datasets", {}).items()
+    }
+    return Recipe(
+        manifest_path=manifest,
+        root=manifest.parent,
+        text=loaded.text,
+        name=data.get("name", manifest.stem),
+        seed=seed,
+        lockfile=manifest.parent / data.get("lockfile", "barctl.lock"),
+        anchor=base["anchor"],
+        pretrained=pretrained,
+        datasets=datasets,
+        experts=experts,
+        routing=routing,
+        output=output,
+        document=loaded,
+        evals=data.get("evals", {}),
+        gates=tuple(data.get("gates", [])),
+    )
+
+
+def _build_stage(stage: dict, seed: int) -> Stage:
+    kind = stage["kind"]
+    training = {"seed": seed, **stage.get("training", {})}
+    mix = stage.get("mix")
+    if mix is not None:
+        mix = {"seed": seed, **mix}
+    return Stage(
+        name=stage.get("name", kind),
+        kind=kind,
+        mix=mix,
+        trainable=tuple(stage.get("trainable", DEFAULT_TRAINABLE[kind])),
+        training=training,
+        rewards=tuple({"weight": 1.0, **r} for r in stage.get("rewards", [])),
+        launcher={"kind": "local", **stage.get("launcher", {})},
+    )
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """'500MB' -> 500_000_000 (the schema has checked the form)."""
+    number = text.rstrip("BKMGi ")
+    unit = text[len(number):].strip()
+    return int(float(number) * _UNITS[unit])
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _article(type_name: str) -> str:
+    names = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+             "number": "a number", "boolean": "true or false", "null": "nothing"}
+    return names.get(type_name, type_name)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _dedupe(issues: list[Issue]) -> list[Issue]:
+    return list(dict.fromkeys(issues))

@@ -1,0 +1,127 @@
+"""Human-readable output: plans (Terraform-style), apply progress, the lockfile, the graph.
+
+Rich styles the output on a terminal; piped output is plain text.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from barctl.graph import Graph
+from barctl.plan import Action, Plan
+
+SYMBOLS = {"create": ("+", "green"), "rebuild": ("-/+", "yellow"), "replace": ("-/+", "yellow"),
+           "repair": ("~", "cyan"), "remove": ("-", "red")}
+
+
+def print_plan(console: Console, plan: Plan, title: str) -> None:
+    if plan.targets:
+        console.print(f"[yellow]Targeting {', '.join(plan.targets)}: other nodes are left out.[/]")
+    changes = [a for a in plan.actions if a.action != "keep"]
+    if not changes:
+        console.print("[bold green]No changes.[/] The built artifacts match the manifest.")
+        return
+    console.print(f"barctl will perform these actions for [bold]{escape(title)}[/]:\n")
+    width = max(len(a.node_id) for a in changes)
+    for action in changes:
+        symbol, colour = SYMBOLS[action.action]
+        console.print(f"  [{colour}]{symbol:>3}[/] {escape(action.node_id):<{width}}  [{colour}]{action.action}[/]")
+        for reason in action.reasons:
+            console.print(f"        [dim]# because {escape(reason)}[/]")
+    kept = len(plan.actions) - len(changes)
+    console.print()
+    console.print(summary_line("Plan", plan.counts()) + (f" ({kept} unchanged)" if kept else ""))
+
+
+def summary_line(prefix: str, counts: dict[str, int]) -> str:
+    return (f"[bold]{prefix}:[/] {counts['build']} to build, {counts['rebuild']} to rebuild, "
+            f"{counts['remove']} to remove.")
+
+
+def apply_summary(built: int, rebuilt: int, removed: int) -> str:
+    return f"[bold green]Apply complete![/] {built} built, {rebuilt} rebuilt, {removed} removed."
+
+
+class ConsoleReporter:
+    """Prints each node as it starts and finishes."""
+
+    def __init__(self, console: Console):
+        self.console = console
+
+    def start(self, action: Action) -> None:
+        symbol, colour = SYMBOLS[action.action]
+        self.console.print(f"[{colour}]{symbol:>3}[/] {escape(action.node_id)}: {action.action} ...")
+
+    def say(self, action: Action, message: str) -> None:
+        self.console.print(f"      [dim]{escape(action.node_id)}: {escape(message)}[/]")
+
+    def done(self, action: Action, entry: dict[str, Any]) -> None:
+        artifact = entry["artifact"]
+        self.console.print(
+            f"      {escape(action.node_id)}: done in {entry['metrics']['seconds']:.1f}s "
+            f"({human_size(artifact['size'])}, {artifact['files']} files)"
+        )
+
+    def removed(self, action: Action) -> None:
+        self.console.print(f"[red]  -[/] {escape(action.node_id)}: removed from the lockfile "
+                           "(its artifact stays in the store)")
+
+
+class SilentReporter:
+    def start(self, action: Action) -> None:
+        pass
+
+    def say(self, action: Action, message: str) -> None:
+        pass
+
+    def done(self, action: Action, entry: dict[str, Any]) -> None:
+        pass
+
+    def removed(self, action: Action) -> None:
+        pass
+
+
+def print_lock(console: Console, entries: dict[str, dict[str, Any]]) -> None:
+    if not entries:
+        console.print("Nothing is built yet: the lockfile is empty or absent.")
+        return
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    for column in ("node", "kind", "key", "size", "seconds", "built", "artifact"):
+        table.add_column(column, no_wrap=column in ("node", "key"))
+    for node_id, entry in entries.items():
+        artifact = entry.get("artifact", {})
+        table.add_row(node_id, entry.get("kind", "?"), entry.get("key", "?")[:12],
+                      human_size(artifact.get("size", 0)), str(entry.get("metrics", {}).get("seconds", "")),
+                      entry.get("built_at", ""), artifact.get("path", ""))
+    console.print(table)
+
+
+def graph_text(graph: Graph, fmt: str) -> str:
+    if fmt == "dot":
+        lines = ["digraph barctl {", "  rankdir=LR;"]
+        lines += [f'  "{n.id}" [label="{n.id}\\n({n.kind})"];' for n in graph]
+        lines += [f'  "{i}" -> "{n.id}";' for n in graph for i in n.inputs]
+        return "\n".join(lines + ["}"])
+    ids = {node_id: f"n{index}" for index, node_id in enumerate(graph.ids)}
+    lines = ["flowchart LR"]
+    lines += [f'  {ids[n.id]}["{n.id}<br/>{n.kind}"]' for n in graph]
+    lines += [f"  {ids[i]} --> {ids[n.id]}" for n in graph for i in n.inputs]
+    return "\n".join(lines)
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)

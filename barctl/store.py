@@ -1,0 +1,116 @@
+"""The artifact store: one directory per node key under `.barctl/store/`.
+
+A node writes into a staging directory; only a finished artifact is moved into place
+(a rename), so the store never holds half an artifact. Artifacts are digested file by
+file, with digests cached by (path, size, mtime) so that planning stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from barctl.data.fingerprint import FingerprintCache, file_digest
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: str  # relative to the project root
+    digest: str
+    size: int
+    files: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "digest": self.digest, "size": self.size, "files": self.files}
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = root  # the project root: the manifest's directory
+        self.state_dir = root / ".barctl"
+        self.objects = self.state_dir / "store"
+        self.cache = FingerprintCache(self.state_dir / "cache" / "digests.json")
+
+    def path_for(self, key: str) -> Path:
+        return self.objects / key[:2] / key
+
+    def work_dir(self, node_id: str) -> Path:
+        """A node's scratch space that survives a killed run (stage checkpoints to resume from)."""
+        return self.state_dir / "work" / node_id
+
+    @contextmanager
+    def staging(self, key: str) -> Iterator[Path]:
+        """A fresh directory to build an artifact in; removed if the build fails."""
+        tmp = self.state_dir / "tmp" / f"{key[:16]}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def commit(self, staged: Path, key: str) -> Artifact:
+        """Move a finished artifact into the store, replacing a damaged one with that key."""
+        final = self.path_for(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            trash = self.state_dir / "tmp" / f"trash-{uuid.uuid4().hex[:8]}"
+            final.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        staged.rename(final)
+        return self.describe(final)
+
+    def publish(self, staged: Path, target: Path) -> Artifact:
+        """Move a finished artifact to a declared location outside the store (the output)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            target.rename(old)
+            shutil.move(str(staged), str(target))
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            shutil.move(str(staged), str(target))
+        return self.describe(target)
+
+    def describe(self, directory: Path) -> Artifact:
+        digest, size, files = tree_digest(directory, self.cache)
+        self.cache.save()
+        return Artifact(str(directory.relative_to(self.root)) if directory.is_relative_to(self.root)
+                        else str(directory), digest, size, files)
+
+    def problem_with(self, entry: dict[str, Any]) -> str | None:
+        """Why a lock entry's artifact is not usable as is, or None when it is intact."""
+        artifact = entry.get("artifact") or {}
+        if "path" not in artifact:
+            return "the lockfile records no artifact for it"
+        directory = self.root / artifact["path"]
+        if not directory.is_dir():
+            return f"its artifact {artifact['path']} is missing"
+        digest, _, _ = tree_digest(directory, self.cache)
+        if digest != artifact["digest"]:
+            return f"its artifact {artifact['path']} fails its digest (files were changed or damaged)"
+        return None
+
+    def save_cache(self) -> None:
+        self.cache.save()
+
+    def clear_staging(self) -> None:
+        """Remove what killed runs left half-built; nothing in it was ever recorded."""
+        shutil.rmtree(self.state_dir / "tmp", ignore_errors=True)
+
+
+def tree_digest(directory: Path, cache: FingerprintCache) -> tuple[str, int, int]:
+    """(digest, total bytes, file count) of a directory: its relative paths and file digests."""
+    outer = hashlib.sha256()
+    size = files = 0
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        relative = path.relative_to(directory).as_posix()
+        outer.update(f"{relative}\0{file_digest(path, cache)}\n".encode())
+        size += path.stat().st_size
+        files += 1
+    return "sha256:" + outer.hexdigest(), size, files
