@@ -65,6 +65,7 @@ def check_runnable(plan: Plan) -> None:
 def apply_plan(project: Project, plan: Plan, reporter: Reporter) -> ApplyResult:
     """Run every node the plan says, then drop removed nodes from the lockfile."""
     check_runnable(plan)
+    quiet_libraries()
     project.store.clear_staging()
     result = ApplyResult()
     lockfile, order = project.lockfile, project.graph.ids
@@ -120,6 +121,19 @@ def _entry(project: Project, node_id: str, artifact: Artifact, metrics: dict[str
         "built_with": library_versions(),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def quiet_libraries() -> None:
+    """barctl reports progress itself; the libraries' own progress bars would interleave with it."""
+    import logging
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
 
 
 def library_versions() -> dict[str, str]:

@@ -91,14 +91,18 @@ def print_lock(console: Console, entries: dict[str, dict[str, Any]]) -> None:
         console.print("Nothing is built yet: the lockfile is empty or absent.")
         return
     table = Table(show_edge=False, box=None, pad_edge=False)
-    for column in ("node", "kind", "key", "size", "seconds", "built", "artifact"):
-        table.add_column(column, no_wrap=column in ("node", "key"))
+    for column in ("node", "kind", "key", "size", "seconds", "built (UTC)"):
+        table.add_column(column, no_wrap=True)
     for node_id, entry in entries.items():
         artifact = entry.get("artifact", {})
+        built = entry.get("built_at", "")[:16].replace("T", " ")
         table.add_row(node_id, entry.get("kind", "?"), entry.get("key", "?")[:12],
-                      human_size(artifact.get("size", 0)), str(entry.get("metrics", {}).get("seconds", "")),
-                      entry.get("built_at", ""), artifact.get("path", ""))
+                      human_size(artifact.get("size", 0)), str(entry.get("metrics", {}).get("seconds", "")), built)
     console.print(table)
+    outside = [f"{e['artifact']['path']} ({i})" for i, e in entries.items()
+               if not e.get("artifact", {}).get("path", "").startswith(".barctl/")]
+    console.print("\nArtifacts live in .barctl/store/<key prefix>/<key>" +
+                  (f"; outside the store: {', '.join(outside)}" if outside else "") + ".")
 
 
 def graph_text(graph: Graph, fmt: str) -> str:

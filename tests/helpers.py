@@ -105,3 +105,17 @@ def make_dense_checkpoint(
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(path)
     return path
+
+
+SAMPLE_IDS = [[5, 17, 42, 99, 123, 200, 7, 250, 31, 64, 3, 77]]
+
+
+def model_logits(model_dir: Path, input_ids: list[list[int]] = SAMPLE_IDS):
+    """Float32 logits of a saved model (stock from_pretrained) for `input_ids`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        return model(torch.tensor(input_ids)).logits

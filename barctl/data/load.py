@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import datasets
@@ -27,7 +28,11 @@ def load_dataset_spec(spec: dict, cache_dir: Path | None = None) -> datasets.Dat
         }
     else:
         files = resolve_files(spec)
-        args = {"path": builder_for(spec, files), "data_files": [str(f) for f in files], "split": "train"}
+        builder = builder_for(spec, files)
+        args = {"path": builder, "data_files": [str(f) for f in files], "split": "train"}
+        if builder == "csv":
+            # CSV cells are text, as inspect.py reads them; pandas would make "4" the number 4.
+            args["features"] = datasets.Features({c: datasets.Value("string") for c in _csv_header(files[0])})
     try:
         dataset = datasets.load_dataset(**args, cache_dir=str(cache_dir) if cache_dir else None)
     # Builders and the hub client fail in many unrelated types (ArrowInvalid, DatasetGenerationError,
@@ -49,3 +54,8 @@ def canonical(spec: dict, dataset: datasets.Dataset) -> datasets.Dataset:
         raise BarctlError("\n".join(f"{where(spec)}: {p}" for p in problems))
     dataset = dataset.select_columns(list(renames))
     return dataset.rename_columns({s: t for s, t in renames.items() if s != t})
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return next(csv.reader(f), [])

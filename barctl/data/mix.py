@@ -52,6 +52,16 @@ def mix_plan(mix: dict, sizes: dict[str, int]) -> dict[str, int]:
     return plan
 
 
+def _shares(total: int, weights: list[float]) -> list[int]:
+    """`total` split in proportion to `weights`: floors, then the largest remainders get one more."""
+    exact = [total * w / sum(weights) for w in weights]
+    shares = [int(x) for x in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: shares[i] - exact[i])  # stable: ties go to earlier sources
+    for i in by_remainder[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
 def build_mix(mix: dict, datasets_by_name: dict[str, datasets.Dataset]) -> datasets.Dataset:
     """The mix's rows from datasets as `load_dataset_spec` returns them, shuffled, with a `source` column.
 
@@ -90,6 +100,7 @@ def _generator(seed: int, name: str) -> np.random.Generator:
 def _aligned(parts: list[tuple[str, datasets.Dataset]]) -> list[datasets.Dataset]:
     """The parts with the same columns, in the same order, of the same types."""
     columns = list(dict.fromkeys(c for _, part in parts for c in part.column_names))
+    columns.append(columns.pop(columns.index("source")))
     for column in columns:
         lacking = [name for name, part in parts if column not in part.column_names]
         if lacking and column in CANONICAL:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -12,9 +11,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from barctl.errors import BarctlError
+from barctl.model.hfdir import INDEX_FILE, SINGLE_FILE, copy_side_files, read_config, weight_map
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
+__all__ = ["CheckpointReader", "ShardedWriter", "copy_side_files", "read_config", "weight_map", "write_config"]
 
 _DTYPES = {
     "F64": torch.float64,
@@ -28,37 +27,6 @@ _DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack")
-
-
-def read_config(model_dir: Path) -> dict:
-    """config.json of a model directory as a dict."""
-    path = Path(model_dir) / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BarctlError(f"{model_dir} has no config.json: not a Hugging Face model directory") from None
-    except json.JSONDecodeError as e:
-        raise BarctlError(f"{path} is not valid JSON: {e}") from None
-
-
-def weight_map(model_dir: Path) -> dict[str, str]:
-    """Tensor name -> safetensors file name; refuses directories holding pickled weights only."""
-    model_dir = Path(model_dir)
-    index = model_dir / INDEX_FILE
-    if index.is_file():
-        return dict(json.loads(index.read_text())["weight_map"])
-    single = model_dir / SINGLE_FILE
-    if single.is_file():
-        with safe_open(single, "pt") as f:
-            return {name: SINGLE_FILE for name in f.keys()}
-    if any(model_dir.glob("*.bin")) or any(model_dir.glob("*.pt")) or any(model_dir.glob("*.pth")):
-        raise BarctlError(
-            f"{model_dir} holds PyTorch pickle weights (*.bin/*.pt) and no safetensors; barctl never unpickles. "
-            "Convert the model to safetensors (e.g. save_pretrained with safe_serialization) first."
-        )
-    raise BarctlError(f"{model_dir} has no {SINGLE_FILE} or {INDEX_FILE}")
 
 
 class CheckpointReader:
@@ -170,17 +138,3 @@ class ShardedWriter:
 
 def write_config(out_dir: Path, config: dict) -> None:
     (Path(out_dir) / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def copy_side_files(src_dir: Path, dst_dir: Path) -> list[str]:
-    """Copy tokenizer, generation config, chat template and other non-weight files; return their names."""
-    copied = []
-    for path in sorted(Path(src_dir).iterdir()):
-        name = path.name
-        if not path.is_file() or name.startswith(".") or name == "config.json":
-            continue
-        if name.endswith(_WEIGHT_SUFFIXES) or name.endswith(".index.json"):
-            continue
-        shutil.copy2(path, Path(dst_dir) / name)
-        copied.append(name)
-    return copied
