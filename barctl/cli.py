@@ -108,12 +108,14 @@ def apply(target: Path, auto_approve: bool, targets: tuple[str, ...], replace: t
     from barctl.lock import StateLock
     from barctl.plan import Plan
     from barctl.project import Project
+    from barctl.recipe import load_recipe
     from barctl.render import ConsoleReporter, SilentReporter, apply_summary, print_plan
 
     saved = _saved_plan(target)
     if saved is not None and (targets or replace):
         raise BarctlError("--target and --replace belong to `barctl plan` when applying a saved plan")
     manifest = Path(saved.manifest) if saved else target
+    load_recipe(manifest)  # a broken manifest is reported before anything is written
     with StateLock(manifest.resolve().parent / ".barctl") as state:
         state.acquire(f"barctl apply {target}")
         project = Project.load(manifest)

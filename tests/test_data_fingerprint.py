@@ -96,7 +96,10 @@ def test_just_written_files_are_not_cached(tmp_path, cache, hashes):
     assert len(hashes) == 2
 
 
-@pytest.mark.parametrize("content", ["not json{", "[]", '{"version": 1, "files": {"/x": [1]}}', '{"files": 3}', "\xff"])
+CORRUPT = ["not json{", "[]", '{"version": 1, "files": {"/x": [1]}}', '{"files": 3}', "\xff"]
+
+
+@pytest.mark.parametrize("content", CORRUPT)
 def test_corrupt_cache_is_ignored_and_rebuilt(tmp_path, cache, content):
     cache.path.parent.mkdir(parents=True)
     cache.path.write_text(content, encoding="latin-1")

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import os
+import json
+from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # before `datasets` is imported: it reads these once
-os.environ["HF_DATASETS_OFFLINE"] = "1"
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import pytest  # noqa: E402
-
-from barctl.data.inspect import check_dataset  # noqa: E402
-from barctl.data.load import load_dataset_spec  # noqa: E402
-from barctl.errors import BarctlError  # noqa: E402
+from barctl.data.inspect import check_dataset
+from barctl.data.load import load_dataset_spec
+from barctl.errors import BarctlError
 
 CHAT = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
 

@@ -56,7 +56,8 @@ def _shares(total: int, weights: list[float]) -> list[int]:
     """`total` split in proportion to `weights`: floors, then the largest remainders get one more."""
     exact = [total * w / sum(weights) for w in weights]
     shares = [int(x) for x in exact]
-    by_remainder = sorted(range(len(exact)), key=lambda i: shares[i] - exact[i])  # stable: ties go to earlier sources
+    # sorted() is stable, so ties go to the earlier source
+    by_remainder = sorted(range(len(exact)), key=lambda i: shares[i] - exact[i])
     for i in by_remainder[: total - sum(shares)]:
         shares[i] += 1
     return shares
