@@ -196,14 +196,16 @@ def _link_hf_dir(src: Path, out_dir: Path) -> None:
 
 def _materialise_gguf(loc: _Located, out_dir: Path) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(loc.dir, gguf_file=loc.gguf_file, dtype=torch.float32)
+        # transformers 5 keeps GGUF weights packed unless asked to dequantise; packed models cannot be saved.
+        model = AutoModelForCausalLM.from_pretrained(
+            loc.dir, gguf_file=loc.gguf_file, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+        )
         tokenizer = AutoTokenizer.from_pretrained(loc.dir, gguf_file=loc.gguf_file)
     except (ValueError, OSError, RuntimeError, KeyError) as e:
         raise BarctlError(f"transformers cannot load GGUF {loc.gguf_path}: {e}") from None
-    # A dequantised model must not claim to be quantised.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out_dir)
