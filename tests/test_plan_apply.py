@@ -171,3 +171,26 @@ def test_a_second_apply_is_refused_while_the_state_is_locked(built):
     unlock = barctl("force-unlock", info["id"], "-C", built.parent)
     assert unlock.exit_code == 0, unlock.output
     assert barctl("apply", built, "--auto-approve").exit_code == 0
+
+
+def test_olmo2_anchor_becomes_a_flex_olmo_moe_equal_to_the_anchor(tmp_path, tokenizer_dir):
+    from transformers import AutoModelForCausalLM
+
+    manifest = tiny_manifest()
+    manifest["base"]["anchor"] = json.loads(json.dumps(manifest["base"]["anchor"]))
+    manifest["base"]["anchor"]["random"]["family"] = "olmo2"
+    manifest["output"]["architecture"] = "flex_olmo"
+    path = make_project(tmp_path, tokenizer_dir, manifest)
+    apply(path)
+    moe = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "moe")
+    assert type(moe).__name__ == "FlexOlmoForCausalLM"
+    lock = json.loads(barctl("show", path, "--json").output)
+    anchor = AutoModelForCausalLM.from_pretrained(tmp_path / lock["base"]["artifact"]["path"] / "anchor")
+    ids = torch.tensor([[4, 8, 15, 16, 23, 42]])
+    with torch.no_grad():
+        torch.testing.assert_close(moe(ids).logits, anchor(ids).logits, atol=1e-5, rtol=1e-5)
+
+    manifest["output"]["architecture"] = "mixtral"
+    write_manifest(path, manifest)
+    refused = barctl("plan", path)
+    assert refused.exit_code == 1 and "base.anchor" in refused.output

@@ -50,7 +50,7 @@ def merge(
         elif shared == "anchor":
             writer.add(name, base)
         else:
-            total = base.to(torch.float32)
+            total = base.to(torch.float32, copy=True)
             for expert in experts:
                 total += expert.get(name).to(torch.float32)
             mean = (total / (len(experts) + 1)).to(base.dtype)

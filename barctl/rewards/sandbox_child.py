@@ -1,0 +1,145 @@
+"""The sandboxed process: confine itself, then run the model's code.
+
+Run by ``sandbox.py`` as ``python -I sandbox_child.py WORKDIR CONFINE_FS``, never
+imported, so it uses the standard library only. ``WORKDIR/main.py`` holds the code.
+
+With CONFINE_FS=1 the process is root of fresh user, mount, PID and network
+namespaces (made by ``unshare``), and first gives WORKDIR a fresh size-capped tmpfs,
+then remounts every other mount read-only, nosuid and nodev (so no file outside
+WORKDIR can be written and no device node opened).
+
+Always, before the model's code runs, a seccomp filter denies creating processes
+(fork, vfork, clone without CLONE_THREAD; clone3 reports ENOSYS so threads fall back
+to clone), socket(2), mount and namespace changes, ptrace and io_uring. The filter is
+inherited and cannot be removed, so it also stops the code undoing the mounts.
+"""
+
+import ctypes
+import os
+import platform
+import re
+import resource
+import runpy
+import struct
+import sys
+
+SETUP_FAILED = 125  # exit status when confinement fails; the model's code never ran
+WORKDIR_MB = 64
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
+
+# audit arch, then syscall numbers: denied with EPERM, clone3 (ENOSYS), clone (EPERM unless a thread)
+_SYSCALLS = {
+    "x86_64": (
+        0xC000003E,
+        # fork vfork socket ptrace mount umount2 pivot_root chroot unshare setns
+        # open_tree..fspick mount_setattr io_uring_setup/enter/register
+        (57, 58, 41, 101, 165, 166, 155, 161, 272, 308, 428, 429, 430, 431, 432, 433, 442, 425, 426, 427),
+        435,
+        56,
+    ),
+    "aarch64": (
+        0xC00000B7,
+        # socket ptrace mount umount2 pivot_root chroot unshare setns, then as above
+        (198, 117, 40, 39, 41, 51, 97, 268, 428, 429, 430, 431, 432, 433, 442, 425, 426, 427),
+        435,
+        220,
+    ),
+}
+_EPERM, _ENOSYS, _CLONE_THREAD = 1, 38, 0x10000
+_RET_ALLOW, _RET_ERRNO, _RET_KILL = 0x7FFF0000, 0x00050000, 0x80000000
+_LD, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_W|BPF_ABS load, jumps on K, return K
+_X32_BIT = 0x40000000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result, what):
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _mount(source, target, fstype, flags, data=None):
+    encode = lambda s: s.encode() if s is not None else None  # noqa: E731
+    args = (encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags), encode(data))
+    _check(_libc.mount(*args), f"mount {target}")
+
+
+def _mounts():
+    """(mount point, per-mount options) for every mount this process sees."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            yield point, fields[5].split(",")
+
+
+def confine_filesystem(workdir):
+    _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, f"size={WORKDIR_MB}m,mode=700")
+    for point, options in _mounts():
+        if point != workdir:
+            # noexec cannot be dropped from an inherited mount; the atime mode is kept by default
+            noexec = MS_NOEXEC if "noexec" in options else 0
+            _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | noexec)
+
+
+def _filter_program():
+    arch, denied, clone3, clone = _SYSCALLS[platform.machine()]
+    ins = lambda code, k, jt=0, jf=0: struct.pack("HBBI", code, jt, jf, k)  # noqa: E731
+    program = [
+        ins(_LD, 4),  # seccomp_data.arch
+        ins(_JEQ, arch, 1, 0),
+        ins(_RET, _RET_KILL),
+        ins(_LD, 0),  # seccomp_data.nr
+        ins(_JGE, _X32_BIT, 0, 1),
+        ins(_RET, _RET_ERRNO | _EPERM),
+    ]
+    for nr in denied:
+        program += [ins(_JEQ, nr, 0, 1), ins(_RET, _RET_ERRNO | _EPERM)]
+    program += [
+        ins(_JEQ, clone3, 0, 1),
+        ins(_RET, _RET_ERRNO | _ENOSYS),
+        ins(_JEQ, clone, 0, 3),
+        ins(_LD, 16),  # low half of seccomp_data.args[0], the clone flags
+        ins(_JSET, _CLONE_THREAD, 1, 0),
+        ins(_RET, _RET_ERRNO | _EPERM),
+        ins(_RET, _RET_ALLOW),
+    ]
+    return program
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install_seccomp():
+    program = _filter_program()
+    buffer = ctypes.create_string_buffer(b"".join(program))
+    fprog = _SockFprog(len(program), ctypes.addressof(buffer))
+    _check(_libc.prctl(38, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    _check(_libc.prctl(22, 2, ctypes.byref(fprog), 0, 0), "prctl(PR_SET_SECCOMP)")
+
+
+def main():
+    workdir, confine_fs = sys.argv[1], sys.argv[2] == "1"
+    script = os.path.join(workdir, "main.py")
+    try:
+        with open(script, "rb") as f:
+            source = f.read()
+        if confine_fs:
+            confine_filesystem(workdir)
+            with open(script, "wb") as f:
+                f.write(source)
+        os.chdir(workdir)
+        # A second barrier to processes; the kernel ignores it for the real root user.
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+        install_seccomp()
+    except (OSError, KeyError) as exc:
+        print(f"sandbox setup failed: {exc!r}", file=sys.stderr)
+        sys.exit(SETUP_FAILED)
+    sys.argv = ["main.py"]
+    runpy.run_path("main.py", run_name="__main__")
+
+
+main()
