@@ -19,7 +19,7 @@ SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers")
 
 
 def plan_issues(recipe: Recipe) -> list[Issue]:
-    return _model_issues(recipe) + _data_issues(recipe)
+    return _model_issues(recipe) + _data_issues(recipe) + _training_issues(recipe)
 
 
 def _model_issues(recipe: Recipe) -> list[Issue]:
@@ -55,4 +55,16 @@ def _data_issues(recipe: Recipe) -> list[Issue]:
         if "path" in spec:
             spec["path"] = str(recipe.resolve(spec["path"]))
         issues += [recipe.issue(("datasets", name), problem) for problem in check_dataset(spec)]
+    return issues
+
+
+def _training_issues(recipe: Recipe) -> list[Issue]:
+    from barctl.trl_fields import passthrough_problems
+
+    issues = []
+    for expert in recipe.experts:
+        for index, stage in enumerate(expert.stages):
+            where = ("experts", expert.name, "stages", index, "training", "trl")
+            for name, problem in passthrough_problems(stage.kind, stage.training.get("trl", {})).items():
+                issues.append(recipe.document.issue(where + (name,), problem, at_key=True))
     return issues

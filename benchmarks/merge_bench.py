@@ -156,10 +156,14 @@ def step_baseline(work: Path, max_shard_bytes: int, out: Path, trace: bool) -> d
                         parsed = family.parse_dense_ffn(name)
                         dtype = tensor.dtype
                         writer.add(name if parsed is None else family.expert_name(parsed[0], 0, parsed[1]), tensor)
-                    else:  # expert i: only its slot 1 goes out, as slot i
-                        parsed = family.parse_expert(name)
-                        if parsed is not None and parsed[1] == 1:
-                            writer.add(family.expert_name(parsed[0], index, parsed[2]), tensor)
+                        continue
+                    parsed = family.parse_expert(name)
+                    if parsed is not None and parsed[1] == 1:  # expert i: its slot 1 goes out as slot i
+                        writer.add(family.expert_name(parsed[0], index, parsed[2]), tensor)
+                    else:
+                        # get_tensor returns a lazy view of the file's mmap (safetensors 0.8):
+                        # copy it so its bytes are really read, then drop it.
+                        tensor.clone()
                     del tensor
     for layer in range(int(config["num_hidden_layers"])):
         writer.add(family.router_name(layer), torch.zeros(NUM_EXPERTS + 1, int(config["hidden_size"]), dtype=dtype))

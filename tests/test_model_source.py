@@ -141,7 +141,10 @@ def test_materialise_real_gguf(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config
     assert config["num_hidden_layers"] == 30 and config["tie_word_embeddings"] is True
-    assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert len(tokenizer) == 49152 and "<|im_start|>" in tokenizer.chat_template
     reader = CheckpointReader(out)
     assert reader.shape_of("model.layers.0.mlp.gate_proj.weight") == (1536, 576)
     assert reader.dtype_of("model.layers.0.mlp.gate_proj.weight") == torch.float32

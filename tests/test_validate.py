@@ -74,7 +74,7 @@ def test_all_problems_come_at_once_with_lines(tmp_path, tokenizer_dir):
     )
     result = barctl("validate", path)
     assert result.exit_code == 1
-    assert "4 errors" in result.output
+    assert "5 errors" in result.output  # sftt, its missing mix, anchr, fp8, nowhere
     for located in ("bar.yaml:3:", "bar.yaml:7:", "bar.yaml:8:", "bar.yaml:9:"):
         assert located in result.output
 
@@ -139,3 +139,20 @@ def test_lockfile_of_another_manifest_is_refused(tmp_path, tokenizer_dir):
     (tmp_path / "barctl.lock").write_text("version: 1\nmanifest: other.yaml\nnodes: {}\n")
     result = barctl("plan", path)
     assert result.exit_code == 1 and "records the manifest other.yaml" in result.output
+
+
+def test_trl_passthrough_fields_are_checked_at_plan_time(tmp_path, tokenizer_dir):
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "1+1?", "answer": "2"}\n')
+    manifest = tiny_manifest({"math": {"stages": [{
+        "kind": "grpo",
+        "mix": {"sources": [{"dataset": "prompts", "count": 4}]},
+        "rewards": [{"name": "math_answer"}],
+        "training": {"trl": {"num_generationz": 4, "num_train_epochs": 2, "beta": 0.0}},
+    }]}}, datasets={"prompts": {"path": "prompts.jsonl", "format": "prompt"}})
+    path = make_project(tmp_path, tokenizer_dir, manifest)
+    result = barctl("plan", path)
+    assert result.exit_code == 1
+    assert "trl.num_generationz: unknown field 'num_generationz' of GRPOConfig " \
+           "(did you mean 'num_generations'?)" in result.output
+    assert "trl.num_train_epochs: set it as training.epochs" in result.output
+    assert "beta" not in result.output

@@ -20,7 +20,8 @@ Nothing here imports torch at module level: `trainable_parameter_count` serves `
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -133,30 +134,29 @@ ModelOrDir = Union["nn.Module", Path, str]
 
 def anchor_slot(model_or_dir: ModelOrDir) -> dict[str, torch.Tensor]:
     """Slot 0 of every expert tensor as `layers.<i>.<gate|up|down>` -> tensor (legacy [I,H]/[H,I] shapes)."""
-    return dict(_slot0_items(model_or_dir))
+    with _slot0(model_or_dir) as slots:
+        return {key: get() for key, get in slots.items()}
 
 
 def check_anchor_slot(model_or_dir: ModelOrDir, anchor_ffn: ModelOrDir | Mapping[str, torch.Tensor]) -> None:
     """BarctlError unless slot 0 of `model_or_dir` equals `anchor_ffn` bitwise.
 
-    `anchor_ffn` is what `anchor_slot` returns, or a model or directory to read it from.
-    Tensors of different dtypes must hold exactly the same values.
+    `anchor_ffn` is what `anchor_slot` returns, or a model or directory to read it from
+    (one tensor at a time). Tensors of different dtypes must hold exactly the same values.
     """
-    expected = anchor_ffn if isinstance(anchor_ffn, Mapping) else anchor_slot(anchor_ffn)
-    seen = set()
-    for key, tensor in _slot0_items(model_or_dir):
-        seen.add(key)
-        if key not in expected:
-            raise BarctlError(f"anchor slot: {key} has no counterpart in the anchor")
-        want = expected[key]
-        if tensor.shape != want.shape:
-            raise BarctlError(f"anchor slot: {key} has shape {list(tensor.shape)}, the anchor's is {list(want.shape)}")
-        if not _same_bits(tensor, want):
-            detail = f"max |difference| {(tensor.double() - want.double()).abs().max().item():.3g}"
-            raise BarctlError(f"the anchor FFN (expert slot 0) changed in training: {key} differs ({detail})")
-    missing = sorted(set(expected) - seen)
-    if missing:
-        raise BarctlError(f"anchor slot: the trained model lacks {', '.join(missing)}")
+    with _slot0(model_or_dir) as found, _slot0(anchor_ffn) as expected:
+        if found.keys() != expected.keys():
+            extra, missing = sorted(found.keys() - expected.keys()), sorted(expected.keys() - found.keys())
+            raise BarctlError(f"anchor slot: the expert tensors differ from the anchor's "
+                              f"(unexpected: {', '.join(extra) or 'none'}; missing: {', '.join(missing) or 'none'})")
+        for key in sorted(found):
+            tensor, want = found[key](), expected[key]()
+            if tensor.shape != want.shape:
+                raise BarctlError(f"anchor slot: {key} has shape {list(tensor.shape)}, the anchor's is {list(want.shape)}")
+            if not _same_bits(tensor, want):
+                diff = (tensor.double() - want.double()).abs().max().item()
+                raise BarctlError(f"the anchor FFN (expert slot 0) changed in training: {key} differs "
+                                  f"(max |difference| {diff:.3g})")
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -167,41 +167,45 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.double(), b.double())
 
 
-def _slot0_items(source: ModelOrDir) -> Iterator[tuple[str, torch.Tensor]]:
-    if isinstance(source, (str, Path)):
-        yield from _slot0_from_dir(Path(source))
-        return
-    for name, param in source.named_parameters():
-        yield from _slot0_fused(name, lambda p=param: p.detach())
+@contextmanager
+def _slot0(source: ModelOrDir | Mapping) -> Iterator[dict[str, Callable[[], torch.Tensor]]]:
+    """`layers.<i>.<proj>` -> a function giving slot 0 of that tensor, read lazily from a directory."""
+    if isinstance(source, Mapping):
+        yield {key: (lambda t=tensor: t) for key, tensor in source.items()}
+    elif isinstance(source, (str, Path)):
+        from barctl.model.checkpoint import CheckpointReader
+
+        with CheckpointReader(Path(source)) as reader:
+            yield _slot0_of_dir(reader)
+    else:
+        params = dict(source.named_parameters())
+        yield {key: get for name in params for key, get in _slot0_fused(name, lambda n=name: params[n].detach())}
 
 
-def _slot0_from_dir(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    from barctl.model.checkpoint import CheckpointReader
-
-    with CheckpointReader(model_dir) as reader:
-        family = moe_family_for_moe_config(reader.config)
-        for name in reader.names():
-            parsed = family.parse_expert(name)
-            if parsed is not None:
-                layer, slot, proj = parsed
-                if slot == 0:
-                    yield f"layers.{layer}.{proj}", reader.get(name)
-            else:
-                yield from _slot0_fused(name, lambda n=name: reader.get(n))
+def _slot0_of_dir(reader) -> dict[str, Callable[[], torch.Tensor]]:
+    family = moe_family_for_moe_config(reader.config)
+    slots = {}
+    for name in reader.names():
+        parsed = family.parse_expert(name)
+        if parsed is None:
+            slots.update(_slot0_fused(name, lambda n=name: reader.get(n)))
+        elif parsed[1] == 0:
+            slots[f"layers.{parsed[0]}.{parsed[2]}"] = lambda n=name: reader.get(n)
+    return slots
 
 
-def _slot0_fused(name: str, get) -> Iterator[tuple[str, torch.Tensor]]:
+def _slot0_fused(name: str, get: Callable[[], torch.Tensor]) -> list[tuple[str, Callable[[], torch.Tensor]]]:
     """Slot 0 of a fused expert tensor: gate_up_proj [E, 2I, H] (gate rows first), down_proj [E, H, I]."""
     m = _FUSED_EXPERT.match(name)
     if not m:
-        return
-    layer, tensor = int(m.group(1)), get()
+        return []
+    layer = m.group(1)
     if m.group(2) == "down_proj":
-        yield f"layers.{layer}.down", tensor[0]
-    else:
-        half = tensor.shape[1] // 2
-        yield f"layers.{layer}.gate", tensor[0, :half]
-        yield f"layers.{layer}.up", tensor[0, half:]
+        return [(f"layers.{layer}.down", lambda: get()[0])]
+    return [
+        (f"layers.{layer}.gate", lambda: (t := get())[0, : t.shape[1] // 2]),
+        (f"layers.{layer}.up", lambda: (t := get())[0, t.shape[1] // 2 :]),
+    ]
 
 
 def group_sizes(config: Mapping) -> dict[str, int]:

@@ -85,7 +85,10 @@ def confine_filesystem(workdir):
 
 
 def _filter_program():
-    arch, denied, clone3, clone = _SYSCALLS[platform.machine()]
+    machine = platform.machine()
+    if machine not in _SYSCALLS:
+        raise OSError(f"no seccomp filter for {machine}")
+    arch, denied, clone3, clone = _SYSCALLS[machine]
     ins = lambda code, k, jt=0, jf=0: struct.pack("HBBI", code, jt, jf, k)  # noqa: E731
     program = [
         ins(_LD, 4),  # seccomp_data.arch
@@ -135,11 +138,12 @@ def main():
         # A second barrier to processes; the kernel ignores it for the real root user.
         resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
         install_seccomp()
-    except (OSError, KeyError) as exc:
+    except OSError as exc:
         print(f"sandbox setup failed: {exc!r}", file=sys.stderr)
         sys.exit(SETUP_FAILED)
     sys.argv = ["main.py"]
     runpy.run_path("main.py", run_name="__main__")
 
 
-main()
+if __name__ == "__main__":
+    main()

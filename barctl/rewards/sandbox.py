@@ -1,0 +1,172 @@
+"""Run untrusted, model-written Python in a confined, throw-away process.
+
+Layers, outermost first:
+
+- a fresh temporary directory as working directory and HOME, deleted afterwards;
+  ``python -I`` (isolated mode) and an environment of PATH, LANG and HOME only;
+- resource limits set in the child before exec: address space (``memory_mb``), CPU
+  time, file size, open files, no core dumps;
+- its own session, so on timeout or excess output the whole process group is killed;
+- where ``unshare`` can create user namespaces (see ``namespaces_available``): new
+  user, mount, PID and network namespaces. The network namespace has no usable
+  interface, so nothing can be reached; the PID namespace hides and protects every
+  other process and dies with the child; the filesystem is read-only except the
+  working directory, which is a 64 MiB tmpfs (see ``sandbox_child.py``);
+- a seccomp filter installed before the code runs denies new processes, sockets,
+  mount and namespace changes, ptrace and io_uring (``sandbox_child.py``).
+
+Without user namespaces the filesystem is NOT isolated: the code can write wherever
+the calling user can (file size is still bounded), and, when that user is root, it
+can also signal other processes. The seccomp filter still blocks processes and
+sockets. Reading files is never restricted beyond the calling user's permissions;
+with no network and no processes, the only way out is the captured output. Output beyond ``max_output_bytes`` is not kept: reading stops and the
+process is killed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from barctl.errors import BarctlError
+
+_CHILD = Path(__file__).with_name("sandbox_child.py")
+_FILE_LIMIT = 64 << 20
+_OPEN_FILES = 64
+_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """How one sandboxed run ended. ``reason`` says why it is not ``ok`` ("" when it is)."""
+
+    ok: bool
+    returncode: int | None
+    stdout: str
+    stderr: str
+    timed_out: bool
+    reason: str
+
+
+def run_python(
+    code: str, *, timeout_s: float = 5, memory_mb: int = 512, max_output_bytes: int = 65536
+) -> SandboxResult:
+    """Run ``code`` as a script in the sandbox; ok when it exits 0 within every limit."""
+    return _run(code, _use_namespaces(), timeout_s, memory_mb, max_output_bytes)
+
+
+@functools.cache
+def namespaces_available() -> bool:
+    """Whether ``unshare`` can give the sandbox its own user, mount, PID and network namespaces."""
+    return shutil.which("unshare") is not None and _run("", True, 30, 512, _CHUNK).ok
+
+
+def _use_namespaces() -> bool:
+    if namespaces_available():
+        return True
+    probe = _run("", False, 30, 512, _CHUNK)
+    if not probe.ok:
+        raise BarctlError(f"cannot start the code sandbox: {probe.reason}: {probe.stderr.strip()}")
+    return False
+
+
+def _command(workdir: str, namespaces: bool) -> list[str]:
+    python = [sys.executable, "-I", str(_CHILD), workdir, "1" if namespaces else "0"]
+    if not namespaces:
+        return python
+    # --kill-child: when unshare dies, so does the PID namespace with everything in it
+    return ["unshare", "--map-root-user", "--mount", "--net", "--pid", "--fork", "--mount-proc", "--kill-child", "--"] + python
+
+
+def _limits(memory_mb: int, cpu_s: int):
+    def apply() -> None:
+        for limit, value in (
+            (resource.RLIMIT_AS, memory_mb << 20),
+            (resource.RLIMIT_CPU, cpu_s),
+            (resource.RLIMIT_FSIZE, _FILE_LIMIT),
+            (resource.RLIMIT_NOFILE, _OPEN_FILES),
+            (resource.RLIMIT_CORE, 0),
+        ):
+            resource.setrlimit(limit, (value, value))
+
+    return apply
+
+
+def _run(code: str, namespaces: bool, timeout_s: float, memory_mb: int, max_output_bytes: int) -> SandboxResult:
+    workdir = os.path.realpath(tempfile.mkdtemp(prefix="barctl-sandbox-"))
+    try:
+        Path(workdir, "main.py").write_text(code, encoding="utf-8")
+        env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": os.environ.get("LANG", "C.UTF-8"), "HOME": workdir}
+        proc = subprocess.Popen(
+            _command(workdir, namespaces),
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_limits(memory_mb, math.ceil(timeout_s) + 1),
+        )
+        return _supervise(proc, time.monotonic() + timeout_s, timeout_s, max_output_bytes)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _supervise(proc: subprocess.Popen, deadline: float, timeout_s: float, cap: int) -> SandboxResult:
+    output = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+    stop = _read_capped(output, deadline, cap)
+    if stop is None:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            stop = "timeout"
+    if stop is not None:
+        os.killpg(proc.pid, signal.SIGKILL)  # not yet reaped, so the group id is still ours
+        proc.wait()
+    for stream in output:
+        stream.close()
+    stdout, stderr = (bytes(b).decode("utf-8", "replace") for b in output.values())
+    code = proc.returncode
+    if stop == "timeout":
+        reason = f"timed out after {timeout_s:g}s"
+    elif stop == "output":
+        reason = f"output exceeded {cap} bytes"
+    elif code < 0:
+        reason = f"killed by {signal.Signals(-code).name}"
+    else:
+        reason = f"exit status {code}" if code else ""
+    return SandboxResult(not reason, code, stdout, stderr, stop == "timeout", reason)
+
+
+def _read_capped(output: dict, deadline: float, cap: int) -> str | None:
+    """Read both pipes to EOF; "timeout" or "output" when reading had to stop."""
+    kept = 0
+    with selectors.DefaultSelector() as selector:
+        for stream in output:
+            selector.register(stream, selectors.EVENT_READ)
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "timeout"
+            for key, _ in selector.select(remaining):
+                chunk = os.read(key.fd, _CHUNK)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                room = cap - kept
+                output[key.fileobj] += chunk[:room]
+                kept += min(len(chunk), room)
+                if len(chunk) > room:
+                    return "output"
+    return None

@@ -1,0 +1,204 @@
+"""What every stage kind shares: the model, the mixed dataset, the TRL config, progress and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import datasets
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
+
+from barctl.data.load import load_dataset_spec
+from barctl.data.mix import build_mix
+from barctl.errors import BarctlError
+from barctl.model.freezing import AnchorGuard
+
+# barctl `training` field -> the TRL/transformers config field it sets.
+TRAINING_FIELDS = {
+    "learning_rate": "learning_rate",
+    "lr_scheduler": "lr_scheduler_type",
+    "warmup_steps": "warmup_steps",
+    "epochs": "num_train_epochs",
+    "max_steps": "max_steps",
+    "batch_size": "per_device_train_batch_size",
+    "gradient_accumulation": "gradient_accumulation_steps",
+    "max_length": "max_length",
+    "weight_decay": "weight_decay",
+    "seed": "seed",
+    "save_steps": "save_steps",
+}
+# Config fields barctl sets itself; `trl:` may not set them.
+OWNED = {*TRAINING_FIELDS.values(), "output_dir", "bf16", "fp16", "use_cpu", "resume_from_checkpoint"}
+DEFAULT_SAVE_STEPS = 200
+KEY_FILE = "node-key"
+
+
+def on_cpu() -> bool:
+    return not torch.cuda.is_available()
+
+
+def load_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The checkpoint in float32 (training keeps fp32 master weights; bf16/fp16 run as autocast) and its tokenizer."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def stage_dataset(recipe, config: dict[str, Any], keep_source: bool = False) -> datasets.Dataset:
+    """The stage's mix, drawn from its datasets (local paths resolved against the manifest's directory)."""
+    mix = config.get("mix")
+    if mix is None:
+        raise BarctlError(f"a {config['kind']} stage needs a mix: the data it trains on")
+    loaded = {}
+    for name in dict.fromkeys(source["dataset"] for source in mix["sources"]):
+        spec = dict(recipe.datasets[name])
+        if spec.get("path"):
+            spec["path"] = str(recipe.resolve(spec["path"]))
+        loaded[name] = load_dataset_spec(spec)
+    dataset = build_mix(mix, loaded)
+    return dataset if keep_source else dataset.remove_columns("source")
+
+
+def trl_config(config_cls: type, training: dict[str, Any], output_dir: Path, **defaults: Any):
+    """A TRL config from barctl's `training` settings, the kind's `defaults` and the `trl:` pass-through.
+
+    Precedence: barctl's own settings, then `defaults`, overridden by `trl:`. `trl:` may
+    not set fields barctl owns (learning_rate, ...): those go under `training` itself.
+    """
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    passthrough = dict(training.get("trl") or {})
+    for field in passthrough:
+        if field not in names:
+            close = difflib.get_close_matches(field, sorted(names), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise BarctlError(f"training.trl: {config_cls.__name__} has no field {field!r}{hint}")
+        if field in OWNED:
+            mine = next((k for k, v in TRAINING_FIELDS.items() if v == field), None)
+            where = f"set it as training.{mine}" if mine else "barctl sets it itself"
+            raise BarctlError(f"training.trl: {field!r} is not a pass-through field; {where}")
+    cpu = on_cpu()
+    values: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "report_to": "none",
+        "disable_tqdm": True,
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": DEFAULT_SAVE_STEPS,
+        "save_total_limit": 2,  # the newest checkpoint may be half-written when killed; keep one more
+        "use_cpu": cpu,
+        **_precision(training.get("precision", "fp32"), cpu),
+        **({"gradient_checkpointing": False} if cpu else {}),
+        **defaults,
+    }
+    for key, field in TRAINING_FIELDS.items():
+        if training.get(key) is not None and field in names:
+            values[field] = training[key]
+    if training.get("warmup_steps") is None and training.get("warmup_ratio") is not None:
+        if training["warmup_ratio"] >= 1:
+            raise BarctlError("training.warmup_ratio must be below 1 (a share of the steps)")
+        values["warmup_steps"] = float(training["warmup_ratio"])  # transformers reads a float < 1 as a ratio
+    values.update(passthrough)
+    try:
+        return config_cls(**values)
+    except (TypeError, ValueError) as e:
+        raise BarctlError(f"training: {config_cls.__name__} rejects these settings: {e}") from None
+
+
+def _precision(precision: str, cpu: bool) -> dict[str, bool]:
+    if cpu:  # CPU trains in fp32; TRL would otherwise default to bf16
+        return {"bf16": False, "fp16": False}
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+class Progress(TrainerCallback):
+    """Reports step, loss (or reward), tokens per second and ETA through `say`, at most every `every` seconds."""
+
+    def __init__(self, say: Callable[[str], None], metric: str = "loss", every: float = 5.0):
+        self.say, self.metric, self.every = say, metric, every
+        self.value: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = self.last = time.monotonic()
+        self.first_step, self.first_tokens = state.global_step, state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and self.metric in logs:
+            self.value = logs[self.metric]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.monotonic()
+        if now - self.last < self.every and state.global_step < state.max_steps:
+            return
+        self.last = now
+        elapsed, done = now - self.started, state.global_step - self.first_step
+        speed = (state.num_input_tokens_seen - self.first_tokens) / max(elapsed, 1e-9)
+        eta = (state.max_steps - state.global_step) * elapsed / max(done, 1)
+        value = f"  {self.metric} {self.value:.4g}" if self.value is not None else ""
+        self.say(f"step {state.global_step}/{state.max_steps}{value}  {speed:,.0f} tok/s  ETA {_duration(eta)}")
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+class RestoreAnchor(TrainerCallback):
+    """Writes the anchor slot back right after each optimiser step (see barctl.model.freezing)."""
+
+    def __init__(self, guard: AnchorGuard):
+        self.guard = guard
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.guard.restore()
+
+
+def prepare_work(work: Path, node_key: str, say: Callable[[str], None]) -> Path:
+    """TRL's output directory inside `work`, emptied first when it holds another configuration's checkpoints."""
+    key_file = work / KEY_FILE
+    if work.exists() and (not key_file.exists() or key_file.read_text() != node_key):
+        if any(work.iterdir()):
+            say("discarding checkpoints of an earlier, different configuration of this stage")
+        clear(work)
+    work.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(node_key)
+    return work / "trainer"
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint (its trainer_state.json, written last, is readable)."""
+    candidates = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for checkpoint in candidates:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return checkpoint
+    return None
+
+
+def train(trainer: Trainer, say: Callable[[str], None]) -> None:
+    """Train, resuming from the newest complete checkpoint in the trainer's output directory."""
+    for callback in (PrinterCallback, ProgressCallback):  # barctl reports progress itself
+        trainer.remove_callback(callback)
+    checkpoint = last_checkpoint(Path(trainer.args.output_dir))
+    if checkpoint is not None:
+        say(f"resuming from {checkpoint.name}")
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+
+def clear(directory: Path) -> None:
+    """Remove everything inside `directory`."""
+    if not directory.exists():
+        return
+    for child in directory.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
