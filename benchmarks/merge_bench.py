@@ -372,7 +372,8 @@ def main() -> None:
     results = {
         "benchmark": "merge_bench",
         "date": datetime.date.today().isoformat(),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                    "loadavg_1m_at_end": round(os.getloadavg()[0], 2)},
         "work": str(args.work),
         "max_shard_bytes": args.max_shard_bytes,
         "anchor_mb": round(anchor_mb, 1),

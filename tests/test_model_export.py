@@ -40,7 +40,8 @@ def test_export_round_trips_and_generates(tmp_path, merged):
     out = tmp_path / "final"
     export(merged, out, router_file=None, dtype=None, max_shard_bytes=BIG, model_card=CARD, top_k=2)
     assert (out / "README.md").read_text() == CARD
-    assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in out.iterdir()}
+    files = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"} <= files
     assert json.loads((out / "config.json").read_text())["num_experts_per_tok"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["final"]  # no temporary sibling left
     # top_k changes routing only through the config; weights are identical

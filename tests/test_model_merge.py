@@ -68,7 +68,8 @@ def test_merge_places_slots_routers_and_shared_mean(tmp_path, llama):
     anchor_dir, expert_dirs = llama
     out = tmp_path / "merged"
     report = merge(anchor_dir, expert_dirs, out, shared="average", top_k=2, max_shard_bytes=4096)
-    anchor, experts, merged = CheckpointReader(anchor_dir), [CheckpointReader(d) for d in expert_dirs], CheckpointReader(out)
+    anchor, merged = CheckpointReader(anchor_dir), CheckpointReader(out)
+    experts = [CheckpointReader(d) for d in expert_dirs]
     assert (out / "model.safetensors.index.json").is_file()  # small shards: streamed into several files
 
     for layer in range(LAYERS):

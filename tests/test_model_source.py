@@ -30,7 +30,8 @@ def dense_dir(tmp_path_factory, tok_dir):
 
 
 def random_spec(tok_dir, seed=0, family="llama"):
-    return {"random": {"family": family, "config": dict(TINY_CONFIG), "seed": seed, "tokenizer": {"path": str(tok_dir)}}}
+    tokenizer = {"path": str(tok_dir)}
+    return {"random": {"family": family, "config": dict(TINY_CONFIG), "seed": seed, "tokenizer": tokenizer}}
 
 
 def describe_in_subprocess(spec):

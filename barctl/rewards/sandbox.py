@@ -13,13 +13,19 @@ Layers, outermost first:
   other process and dies with the child; the filesystem is read-only except the
   working directory, which is a 64 MiB tmpfs (see ``sandbox_child.py``);
 - a seccomp filter installed before the code runs denies new processes, sockets,
-  mount and namespace changes, ptrace and io_uring (``sandbox_child.py``).
+  mount and namespace changes, ptrace and io_uring (``sandbox_child.py``). It is the
+  barrier to fork bombs because Linux ignores RLIMIT_NPROC (also set, to 0) for the
+  real root user, and it denies socket(2) itself, which no in-process patch of the
+  ``socket`` module could.
 
 Without user namespaces the filesystem is NOT isolated: the code can write wherever
 the calling user can (file size is still bounded), and, when that user is root, it
 can also signal other processes. The seccomp filter still blocks processes and
-sockets. Reading files is never restricted beyond the calling user's permissions;
-with no network and no processes, the only way out is the captured output. Output beyond ``max_output_bytes`` is not kept: reading stops and the
+sockets.
+
+Reading files is not restricted beyond the calling user's permissions; with no
+network and no processes, the only way out is the captured output. Output beyond
+``max_output_bytes`` (stdout and stderr together) is not kept: reading stops and the
 process is killed.
 """
 
@@ -86,7 +92,8 @@ def _command(workdir: str, namespaces: bool) -> list[str]:
     if not namespaces:
         return python
     # --kill-child: when unshare dies, so does the PID namespace with everything in it
-    return ["unshare", "--map-root-user", "--mount", "--net", "--pid", "--fork", "--mount-proc", "--kill-child", "--"] + python
+    unshare = ["unshare", "--map-root-user", "--mount", "--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
+    return unshare + ["--"] + python
 
 
 def _limits(memory_mb: int, cpu_s: int):
@@ -107,11 +114,11 @@ def _run(code: str, namespaces: bool, timeout_s: float, memory_mb: int, max_outp
     workdir = os.path.realpath(tempfile.mkdtemp(prefix="barctl-sandbox-"))
     try:
         Path(workdir, "main.py").write_text(code, encoding="utf-8")
-        env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": os.environ.get("LANG", "C.UTF-8"), "HOME": workdir}
+        env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": os.environ.get("LANG", "C.UTF-8")}
         proc = subprocess.Popen(
             _command(workdir, namespaces),
             cwd=workdir,
-            env=env,
+            env={**env, "HOME": workdir},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -19,23 +19,13 @@ from barctl.data.load import load_dataset_spec
 from barctl.data.mix import build_mix
 from barctl.errors import BarctlError
 from barctl.model.freezing import AnchorGuard
+from barctl.trl_fields import BARCTL_TO_TRL
 
-# barctl `training` field -> the TRL/transformers config field it sets.
-TRAINING_FIELDS = {
-    "learning_rate": "learning_rate",
-    "lr_scheduler": "lr_scheduler_type",
-    "warmup_steps": "warmup_steps",
-    "epochs": "num_train_epochs",
-    "max_steps": "max_steps",
-    "batch_size": "per_device_train_batch_size",
-    "gradient_accumulation": "gradient_accumulation_steps",
-    "max_length": "max_length",
-    "weight_decay": "weight_decay",
-    "seed": "seed",
-    "save_steps": "save_steps",
-}
-# Config fields barctl sets itself; `trl:` may not set them.
-OWNED = {*TRAINING_FIELDS.values(), "output_dir", "bf16", "fp16", "use_cpu", "resume_from_checkpoint"}
+# barctl's `training` settings that map one to one onto a config field (warmup_ratio and
+# precision are translated below).
+DIRECT = {ours: field for ours, field in BARCTL_TO_TRL.items() if ours not in ("warmup_ratio", "precision")}
+# Fields barctl sets itself, whatever `trl:` says.
+FIXED = ("output_dir", "use_cpu", "resume_from_checkpoint")
 DEFAULT_SAVE_STEPS = 200
 KEY_FILE = "node-key"
 
@@ -53,11 +43,8 @@ def load_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     return model, tokenizer
 
 
-def stage_dataset(recipe, config: dict[str, Any], keep_source: bool = False) -> datasets.Dataset:
+def stage_dataset(recipe, mix: dict[str, Any], keep_source: bool = False) -> datasets.Dataset:
     """The stage's mix, drawn from its datasets (local paths resolved against the manifest's directory)."""
-    mix = config.get("mix")
-    if mix is None:
-        raise BarctlError(f"a {config['kind']} stage needs a mix: the data it trains on")
     loaded = {}
     for name in dict.fromkeys(source["dataset"] for source in mix["sources"]):
         spec = dict(recipe.datasets[name])
@@ -68,49 +55,61 @@ def stage_dataset(recipe, config: dict[str, Any], keep_source: bool = False) -> 
     return dataset if keep_source else dataset.remove_columns("source")
 
 
-def trl_config(config_cls: type, training: dict[str, Any], output_dir: Path, **defaults: Any):
+def trl_config(config_cls: type, training: dict[str, Any], output_dir: Path,
+               defaults: dict[str, Any] | None = None, fixed: dict[str, Any] | None = None):
     """A TRL config from barctl's `training` settings, the kind's `defaults` and the `trl:` pass-through.
 
-    Precedence: barctl's own settings, then `defaults`, overridden by `trl:`. `trl:` may
-    not set fields barctl owns (learning_rate, ...): those go under `training` itself.
+    `trl:` overrides `defaults` but not barctl's own settings, nor the kind's `fixed` values
+    (e.g. GRPO's reward_weights come from the manifest's rewards).
     """
     names = {f.name for f in dataclasses.fields(config_cls)}
     passthrough = dict(training.get("trl") or {})
-    for field in passthrough:
-        if field not in names:
-            close = difflib.get_close_matches(field, sorted(names), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise BarctlError(f"training.trl: {config_cls.__name__} has no field {field!r}{hint}")
-        if field in OWNED:
-            mine = next((k for k, v in TRAINING_FIELDS.items() if v == field), None)
-            where = f"set it as training.{mine}" if mine else "barctl sets it itself"
-            raise BarctlError(f"training.trl: {field!r} is not a pass-through field; {where}")
+    _check_passthrough(config_cls.__name__, names, passthrough, set(fixed or ()))
     cpu = on_cpu()
     values: dict[str, Any] = {
-        "output_dir": str(output_dir),
         "report_to": "none",
         "disable_tqdm": True,
         "logging_steps": 1,
         "save_strategy": "steps",
         "save_steps": DEFAULT_SAVE_STEPS,
         "save_total_limit": 2,  # the newest checkpoint may be half-written when killed; keep one more
-        "use_cpu": cpu,
+        **(defaults or {}),
+        **passthrough,
         **_precision(training.get("precision", "fp32"), cpu),
-        **({"gradient_checkpointing": False} if cpu else {}),
-        **defaults,
+        "output_dir": str(output_dir),
+        "use_cpu": cpu,
+        **(fixed or {}),
     }
-    for key, field in TRAINING_FIELDS.items():
-        if training.get(key) is not None and field in names:
-            values[field] = training[key]
+    if not {"gradient_checkpointing", "activation_checkpointing"} & passthrough.keys():
+        # TRL turns checkpointing on by default (under its deprecated name); it only slows the CPU down.
+        values["activation_checkpointing"] = not cpu
+    for ours, field in DIRECT.items():
+        if training.get(ours) is not None and field in names:
+            values[field] = training[ours]
     if training.get("warmup_steps") is None and training.get("warmup_ratio") is not None:
         if training["warmup_ratio"] >= 1:
             raise BarctlError("training.warmup_ratio must be below 1 (a share of the steps)")
         values["warmup_steps"] = float(training["warmup_ratio"])  # transformers reads a float < 1 as a ratio
-    values.update(passthrough)
     try:
         return config_cls(**values)
     except (TypeError, ValueError) as e:
         raise BarctlError(f"training: {config_cls.__name__} rejects these settings: {e}") from None
+
+
+def _check_passthrough(class_name: str, names: set[str], passthrough: dict[str, Any], fixed: set[str]) -> None:
+    owned = {field: ours for ours, field in BARCTL_TO_TRL.items()} | {"fp16": "precision"}
+    problems = []
+    for field in passthrough:
+        if field in owned:
+            problems.append(f"{field!r}: set it as training.{owned[field]}, which barctl maps to {field}")
+        elif field in fixed or field in FIXED:
+            problems.append(f"{field!r}: barctl sets it itself")
+        elif field not in names:
+            close = difflib.get_close_matches(field, sorted(names), n=3)
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            problems.append(f"{field!r}: {class_name} has no such field{hint}")
+    if problems:
+        raise BarctlError("training.trl: " + "; ".join(problems))
 
 
 def _precision(precision: str, cpu: bool) -> dict[str, bool]:

@@ -1,0 +1,57 @@
+"""`experts.<name>.<stage>`: one training stage (midtrain, sft, dpo, grpo) of a branched expert.
+
+The trained checkpoint is saved in the input checkpoint's dtype, then its anchor slot is
+compared bitwise with the input's, read back from both directories; a difference fails the stage.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Any, Sequence
+
+from barctl.nodes import NodeContext
+
+
+def run(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train, save to `ctx.out`, verify the anchor slot. `callbacks`: extra TrainerCallbacks."""
+    from barctl.model.checkpoint import CheckpointReader
+    from barctl.model.freezing import AnchorGuard, apply_trainable, check_anchor_slot, tied_note
+    from barctl.stages import common
+
+    config = ctx.config
+    kind = importlib.import_module(f"barctl.stages.{config['kind']}")
+    input_dir = ctx.inputs[ctx.node.inputs[0]]
+    model, tokenizer = common.load_model(input_dir)
+    note = tied_note(model.config.to_dict(), config["trainable"])
+    if note:
+        ctx.say(note)
+    counts = apply_trainable(model, config["trainable"])
+    if common.on_cpu() and config["training"].get("precision", "fp32") != "fp32":
+        ctx.say("no GPU: training in fp32 on the CPU")
+    dataset = common.stage_dataset(ctx.recipe, config["mix"])
+    output_dir = common.prepare_work(ctx.work, ctx.node.key, ctx.say)
+    trainer = kind.build_trainer(config, model, tokenizer, dataset, output_dir)
+    for callback in (common.RestoreAnchor(AnchorGuard(model)), common.Progress(ctx.say, kind.METRIC), *callbacks):
+        trainer.add_callback(callback)
+
+    started = time.monotonic()
+    common.train(trainer, ctx.say)
+    seconds = time.monotonic() - started
+
+    with CheckpointReader(input_dir) as reader:
+        dtype = reader.dtype_of(reader.names()[0])
+    trainer.accelerator.unwrap_model(trainer.model).to(dtype).save_pretrained(ctx.out)
+    tokenizer.save_pretrained(ctx.out)
+    check_anchor_slot(ctx.out, input_dir)
+    common.clear(ctx.work)
+
+    state = trainer.state
+    logged = [entry[kind.METRIC] for entry in state.log_history if kind.METRIC in entry]
+    return {
+        "reward" if kind.METRIC == "reward" else "train_loss": logged[-1] if logged else None,
+        "steps": state.global_step,
+        "tokens": state.num_input_tokens_seen,
+        "seconds": round(seconds, 2),
+        "trainable_parameters": sum(counts.values()),
+    }

@@ -1,0 +1,145 @@
+"""The code sandbox against hostile programs: each one is contained and reported."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import time
+
+import pytest
+
+from barctl.rewards import sandbox
+from barctl.rewards.code_tests import code_tests
+from barctl.rewards.sandbox import namespaces_available, run_python
+
+needs_namespaces = pytest.mark.skipif(
+    not namespaces_available(),
+    reason="unshare cannot create user namespaces here; without them the sandbox cannot isolate the filesystem",
+)
+
+
+@pytest.fixture(params=["namespaces", "seccomp only"])
+def mode(request, monkeypatch):
+    """Run a test with the namespaces (when available) and with the fallback without them."""
+    if request.param == "namespaces":
+        if not namespaces_available():
+            pytest.skip("unshare cannot create user namespaces here")
+    else:
+        monkeypatch.setattr(sandbox, "namespaces_available", lambda: False)
+    return request.param
+
+
+def sandbox_processes() -> list[str]:
+    """Processes still running the sandbox's child script."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"sandbox_child.py" in f.read():
+                    found.append(pid)
+        except OSError:  # it exited meanwhile
+            pass
+    return found
+
+
+def test_plain_run_in_a_fresh_directory_that_is_removed(mode):
+    result = run_python("import os\nprint(os.getcwd(), os.environ['HOME'], sorted(os.environ))")
+    assert result.ok, result
+    cwd, home, names = result.stdout.split(" ", 2)
+    assert cwd == home and os.path.basename(cwd).startswith("barctl-sandbox-")
+    assert names.strip() == "['HOME', 'LANG', 'PATH']"
+    assert not os.path.exists(cwd)
+
+
+def test_failure_reports_exit_status():
+    result = run_python("raise SystemExit(3)")
+    assert (result.ok, result.returncode, result.reason) == (False, 3, "exit status 3")
+
+
+def test_infinite_loop_times_out():
+    start = time.monotonic()
+    result = run_python("while True:\n    pass", timeout_s=1)
+    assert result.timed_out and not result.ok and "timed out" in result.reason
+    assert time.monotonic() - start < 3
+    assert sandbox_processes() == []
+
+
+def test_infinite_loop_scores_zero():
+    looping = "```python\ndef f():\n    while True:\n        pass\n```"
+    assert code_tests(["q"], [looping], tests=["f()"]) == [0.0]
+
+
+@pytest.mark.parametrize(
+    "bomb",
+    [
+        "import os\nwhile True:\n    os.fork()",
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+        "import subprocess\nsubprocess.run(['sh', '-c', ':(){ :|:& };:'])",
+    ],
+)
+def test_fork_bomb_is_contained(mode, bomb):
+    start = time.monotonic()
+    result = run_python(bomb, timeout_s=1)
+    assert not result.ok
+    assert time.monotonic() - start < 3
+    assert "Operation not permitted" in result.stderr or result.timed_out
+    assert sandbox_processes() == []
+
+
+def test_threads_still_work(mode):
+    code = "import threading\nt = threading.Thread(target=print, args=('hi',))\nt.start()\nt.join()"
+    assert run_python(code).stdout == "hi\n"
+
+
+def test_memory_bomb_fails(mode):
+    result = run_python("bytearray(10**10)")
+    assert not result.ok and "MemoryError" in result.stderr
+
+
+@needs_namespaces
+def test_writing_outside_its_directory_fails(tmp_path):
+    target = tmp_path / "pwned"
+    code = f"open({str(target)!r}, 'w').write('x')\n"
+    result = run_python(code)
+    assert not result.ok and "Read-only file system" in result.stderr
+    assert not target.exists()
+    inside = run_python("open('mine.txt', 'w').write('ok')\nprint(open('mine.txt').read())")
+    assert inside.stdout == "ok\n"
+
+
+@needs_namespaces
+def test_cannot_undo_the_read_only_mounts(tmp_path):
+    code = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "assert libc.mount(None, b'/', None, 32 | 4096, None) != 0, 'remounted'\n"  # MS_REMOUNT|MS_BIND, rw
+        f"open({str(tmp_path / 'pwned')!r}, 'w')\n"
+    )
+    result = run_python(code)
+    assert not result.ok and "remounted" not in result.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_socket_to_a_local_listener_fails(mode):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'x')"
+        result = run_python(code)
+        assert not result.ok and "Error" in result.stderr
+        listener.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_huge_output_is_capped(mode, stream):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    result = run_python(f"import sys\nwhile True:\n    sys.{stream}.write('x' * 1_000_000)", max_output_bytes=4096)
+    assert not result.ok and result.reason == "output exceeded 4096 bytes"
+    assert len(getattr(result, stream)) == 4096
+    assert time.monotonic() - start < 3
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
