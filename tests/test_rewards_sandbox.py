@@ -31,7 +31,14 @@ def mode(request, monkeypatch):
 
 
 def sandbox_processes() -> list[str]:
-    """Processes still running the sandbox's child script."""
+    """Processes still running the sandbox's child script, allowing killed ones a moment to go."""
+    deadline = time.monotonic() + 2
+    while _sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _sandbox_processes()
+
+
+def _sandbox_processes() -> list[str]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -55,6 +62,11 @@ def test_plain_run_in_a_fresh_directory_that_is_removed(mode):
 def test_failure_reports_exit_status():
     result = run_python("raise SystemExit(3)")
     assert (result.ok, result.returncode, result.reason) == (False, 3, "exit status 3")
+
+
+def test_signals_to_itself_end_the_program(mode):
+    result = run_python("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\nprint('survived')")
+    assert not result.ok and result.returncode in (-15, 128 + 15) and "survived" not in result.stdout
 
 
 def test_infinite_loop_times_out():

@@ -48,7 +48,7 @@ from pathlib import Path
 from barctl.errors import BarctlError
 
 _CHILD = Path(__file__).with_name("sandbox_child.py")
-_FILE_LIMIT = 64 << 20
+_FILE_LIMIT = 64 << 20  # the size of the child's tmpfs (sandbox_child.WORKDIR_MB)
 _OPEN_FILES = 64
 _CHUNK = 65536
 
@@ -58,7 +58,7 @@ class SandboxResult:
     """How one sandboxed run ended. ``reason`` says why it is not ``ok`` ("" when it is)."""
 
     ok: bool
-    returncode: int | None
+    returncode: int
     stdout: str
     stderr: str
     timed_out: bool
@@ -114,11 +114,11 @@ def _run(code: str, namespaces: bool, timeout_s: float, memory_mb: int, max_outp
     workdir = os.path.realpath(tempfile.mkdtemp(prefix="barctl-sandbox-"))
     try:
         Path(workdir, "main.py").write_text(code, encoding="utf-8")
-        env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": os.environ.get("LANG", "C.UTF-8")}
+        env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": os.environ.get("LANG", "C.UTF-8"), "HOME": workdir}
         proc = subprocess.Popen(
             _command(workdir, namespaces),
             cwd=workdir,
-            env={**env, "HOME": workdir},
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -150,7 +150,7 @@ def _supervise(proc: subprocess.Popen, deadline: float, timeout_s: float, cap: i
     elif stop == "output":
         reason = f"output exceeded {cap} bytes"
     elif code < 0:
-        reason = f"killed by {signal.Signals(-code).name}"
+        reason = f"killed by signal {-code}"
     else:
         reason = f"exit status {code}" if code else ""
     return SandboxResult(not reason, code, stdout, stderr, stop == "timeout", reason)

@@ -4,9 +4,10 @@ Run by ``sandbox.py`` as ``python -I sandbox_child.py WORKDIR CONFINE_FS``, neve
 imported, so it uses the standard library only. ``WORKDIR/main.py`` holds the code.
 
 With CONFINE_FS=1 the process is root of fresh user, mount, PID and network
-namespaces (made by ``unshare``), and first gives WORKDIR a fresh size-capped tmpfs,
-then remounts every other mount read-only, nosuid and nodev (so no file outside
-WORKDIR can be written and no device node opened).
+namespaces (made by ``unshare``): it stays behind as the namespace's PID 1 while its
+child gives WORKDIR a fresh size-capped tmpfs, then remounts every other mount
+read-only, nosuid and nodev (so no file outside WORKDIR can be written and no device
+node opened).
 
 Always, before the model's code runs, a seccomp filter denies creating processes
 (fork, vfork, clone without CLONE_THREAD; clone3 reports ENOSYS so threads fall back
@@ -124,8 +125,22 @@ def install_seccomp():
     _check(_libc.prctl(22, 2, ctypes.byref(fprog), 0, 0), "prctl(PR_SET_SECCOMP)")
 
 
+def stay_as_init():
+    """Fork; the parent, PID 1 of the new namespace, waits and exits with the child's status.
+
+    The kernel drops signals that PID 1 sends itself (os.abort, signal.alarm, os.kill),
+    so the model's code must not run as PID 1.
+    """
+    pid = os.fork()
+    if pid:
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        os._exit(status if status >= 0 else 128 - status)
+
+
 def main():
     workdir, confine_fs = sys.argv[1], sys.argv[2] == "1"
+    if confine_fs:
+        stay_as_init()
     script = os.path.join(workdir, "main.py")
     try:
         with open(script, "rb") as f:
