@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors import safe_open
@@ -27,6 +30,7 @@ _DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+_SAFETENSORS_DTYPES = {dtype: name for name, dtype in _DTYPES.items()}
 
 
 class CheckpointReader:
@@ -76,7 +80,12 @@ class CheckpointReader:
 
 
 class ShardedWriter:
-    """Writes tensors into safetensors shards of at most `max_shard_bytes` (one buffered shard in memory)."""
+    """Writes tensors into safetensors shards of at most `max_shard_bytes`, streaming.
+
+    Each tensor's bytes go straight to a data file on disk; when a shard is complete its
+    header is written and the data appended after it. Memory stays at one tensor, whatever
+    the shard size.
+    """
 
     def __init__(self, out_dir: Path, max_shard_bytes: int):
         if max_shard_bytes <= 0:
@@ -84,8 +93,9 @@ class ShardedWriter:
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.max_shard_bytes = max_shard_bytes
-        self._buffer: dict[str, torch.Tensor] = {}
-        self._buffer_bytes = 0
+        self._header: dict[str, dict] = {}
+        self._data: BinaryIO | None = None
+        self._offset = 0
         self._shards: list[list[str]] = []
         self._names: set[str] = set()
         self._total = 0
@@ -96,11 +106,15 @@ class ShardedWriter:
             raise BarctlError(f"tensor {name!r} written twice")
         self._names.add(name)
         size = tensor.numel() * tensor.element_size()
-        if self._buffer and self._buffer_bytes + size > self.max_shard_bytes:
+        if self._header and self._offset + size > self.max_shard_bytes:
             self._flush()
-        # Own the memory: safetensors refuses tensors that share storage.
-        self._buffer[name] = tensor.detach().contiguous().clone()
-        self._buffer_bytes += size
+        if self._data is None:
+            self._data = open(self._tmp_name(len(self._shards), "data"), "wb")
+        flat = tensor.detach().contiguous().reshape(-1)
+        self._data.write(flat.view(torch.uint8).numpy().data if size else b"")
+        self._header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                              "data_offsets": [self._offset, self._offset + size]}
+        self._offset += size
         self._total += size
 
     def close(self) -> None:
@@ -125,15 +139,22 @@ class ShardedWriter:
         (self.dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
 
     def _flush(self) -> None:
-        if not self._buffer:
+        if self._data is None:
             return
-        save_file(self._buffer, self._tmp_name(len(self._shards)), metadata={"format": "pt"})
-        self._shards.append(list(self._buffer))
-        self._buffer = {}
-        self._buffer_bytes = 0
+        self._data.close()
+        data_path = self._tmp_name(len(self._shards), "data")
+        header = json.dumps({"__metadata__": {"format": "pt"}, **self._header}, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)  # the format pads the header to 8 bytes with spaces
+        with open(self._tmp_name(len(self._shards)), "wb") as shard, open(data_path, "rb") as data:
+            shard.write(struct.pack("<Q", len(header)))
+            shard.write(header)
+            shutil.copyfileobj(data, shard, length=64 << 20)
+        data_path.unlink()
+        self._shards.append(list(self._header))
+        self._header, self._data, self._offset = {}, None, 0
 
-    def _tmp_name(self, i: int) -> Path:
-        return self.dir / f".shard-{i:05d}.safetensors.partial"
+    def _tmp_name(self, i: int, part: str = "safetensors") -> Path:
+        return self.dir / f".shard-{i:05d}.{part}.partial"
 
 
 def write_config(out_dir: Path, config: dict) -> None:
