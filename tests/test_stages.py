@@ -35,14 +35,24 @@ FORMATS = {"text": "text", "chat": "messages", "pairs": "preference", "prompts":
 FAST = {"learning_rate": 1e-2, "batch_size": 4, "lr_scheduler": "constant", "max_length": 64}
 
 
-def vowel_reward(prompts, completions, **columns):
+def letter_a_reward(prompts, completions, **columns):
     """Share of a completion's characters that are the letter `a`: a reward a tiny model learns fast."""
     return [c.count("a") / max(len(c), 1) for c in completions]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models train several times faster on one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tokenizer_dir) -> Path:
-    """A project directory with the datasets, and a branched tiny MoE (slot 1 differs from slot 0)."""
+    """A project directory with the datasets, and branched tiny MoEs (slot 1 differs from slot 0):
+    `moe` (Mixtral, from Llama) and `moe-olmo` (FlexOlmo, from OLMo 2)."""
     root = tmp_path_factory.mktemp("stages")
     shutil.copytree(tokenizer_dir, root / "tok")  # the manifest's anchor names it
     for name, rows in DATA.items():
@@ -50,17 +60,19 @@ def project(tmp_path_factory, tokenizer_dir) -> Path:
     anchor = make_dense_checkpoint(root / "anchor", tokenizer_dir=tokenizer_dir, seed=0)
     other = make_dense_checkpoint(root / "other", tokenizer_dir=tokenizer_dir, seed=1)
     branch(anchor, root / "moe", ffn_dir=other, seed=0, max_shard_bytes=10**9)
+    anchor = make_dense_checkpoint(root / "anchor-olmo", "olmo2", tokenizer_dir=tokenizer_dir, seed=0)
+    other = make_dense_checkpoint(root / "other-olmo", "olmo2", tokenizer_dir=tokenizer_dir, seed=1)
+    branch(anchor, root / "moe-olmo", ffn_dir=other, seed=0, max_shard_bytes=10**9)
     return root
 
 
-def make_context(root: Path, kind: str, dataset: str, tmp: Path, trainable=None, rewards=None,
-                 messages: list | None = None, **training) -> NodeContext:
+def make_context(root: Path, kind: str, dataset: str, tmp: Path, trainable=None, rewards=None, launcher=None,
+                 messages: list | None = None, model: str = "moe", **training) -> NodeContext:
     stage = {"kind": kind, "mix": {"sources": [{"dataset": dataset, "count": 4}]},
              "training": {**FAST, **training}}
-    if trainable:
-        stage["trainable"] = trainable
-    if rewards:
-        stage["rewards"] = rewards
+    for key, value in (("trainable", trainable), ("rewards", rewards), ("launcher", launcher)):
+        if value:
+            stage[key] = value
     manifest = tiny_manifest({"math": {"stages": [stage]}},
                              datasets={n: {"path": f"{n}.jsonl", "format": f} for n, f in FORMATS.items()})
     write_manifest(root / f"{kind}.yaml", manifest)
@@ -69,7 +81,7 @@ def make_context(root: Path, kind: str, dataset: str, tmp: Path, trainable=None,
                 ("experts.math.branch",), {}, f"key-{kind}")
     (tmp / "out").mkdir()
     say = messages.append if messages is not None else (lambda message: None)
-    return NodeContext(recipe, node, {"experts.math.branch": root / "moe"}, tmp / "out", tmp / "work", say=say)
+    return NodeContext(recipe, node, {"experts.math.branch": root / model}, tmp / "out", tmp / "work", say=say)
 
 
 def tensors(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -96,7 +108,7 @@ def values(entries: list[dict], key: str) -> list[float]:
 
 
 def test_midtrain_trains_expert_and_router_only(project, tmp_path):
-    ctx = make_context(project, "midtrain", "text", tmp_path, max_steps=20)
+    ctx = make_context(project, "midtrain", "text", tmp_path, max_steps=20, learning_rate=3e-2)
     metrics, log = run_stage(ctx)
     losses = values(log, "loss")
     assert losses[-1] < 0.9 * losses[0], losses
@@ -111,28 +123,41 @@ def test_midtrain_trains_expert_and_router_only(project, tmp_path):
     assert (ctx.out / "tokenizer.json").exists()
 
 
-def test_sft_on_messages_learns_and_all_groups_with_weight_decay_keep_the_anchor(project, tmp_path):
+@pytest.mark.parametrize("model", ["moe", "moe-olmo"])
+def test_sft_on_messages_learns_and_all_groups_with_weight_decay_keep_the_anchor(project, tmp_path, model):
     messages = []
-    ctx = make_context(project, "sft", "chat", tmp_path, trainable=["all"], messages=messages,
+    ctx = make_context(project, "sft", "chat", tmp_path, trainable=["all"], messages=messages, model=model,
                        max_steps=20, weight_decay=0.1)
     metrics, log = run_stage(ctx)
     losses = values(log, "loss")
     assert losses[-1] < 0.5 * losses[0], losses
-    before, after = tensors(project / "moe"), tensors(ctx.out)
+    before, after = tensors(project / model), tensors(ctx.out)
+    assert sorted(before) == sorted(after)
     for name in before:
         assert torch.equal(before[name], after[name]) == (".experts.0." in name), name
-    slot0 = anchor_slot(project / "moe")
+    slot0 = anchor_slot(project / model)
     for key, tensor in anchor_slot(ctx.out).items():
         assert torch.equal(tensor.view(torch.uint8), slot0[key].view(torch.uint8))
     assert any(m.startswith("step 20/20") for m in messages), messages
 
 
-def test_sft_splits_conversations_for_completion_only_loss(tokenizer_dir):
-    from transformers import AutoTokenizer
+def test_sft_learns_only_the_last_assistant_turn_without_generation_markers(project, tmp_path):
+    from barctl.stages import common, sft
 
-    from barctl.stages.sft import masks_assistant_turns, split_last_turn
+    ctx = make_context(project, "sft", "chat", tmp_path)
+    model, tokenizer = common.load_model(project / "moe")
+    assert not sft.masks_assistant_turns(tokenizer)  # plain ChatML: TRL cannot mark assistant tokens
+    trainer = sft.build_trainer(ctx.config, model, tokenizer, common.stage_dataset(ctx.recipe, ctx.config["mix"]),
+                                tmp_path / "trainer")
+    for row in trainer.train_dataset:
+        learned = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
+        assert learned == row["completion"][0]["content"] + "<|im_end|>\n"
+        assert "<|im_start|>user" in tokenizer.decode(row["input_ids"])
 
-    assert not masks_assistant_turns(AutoTokenizer.from_pretrained(tokenizer_dir))  # plain ChatML
+
+def test_sft_splits_conversations_at_the_last_assistant_turn():
+    from barctl.stages.sft import split_last_turn
+
     chat = CHATS[0] + [{"role": "user", "content": "Thanks"}, {"role": "assistant", "content": "You're welcome"}]
     row = split_last_turn({"messages": chat})
     assert row["prompt"] == chat[:3] and row["completion"] == chat[3:]
@@ -144,8 +169,7 @@ def test_dpo_prefers_the_chosen_answer(project, tmp_path):
     ctx = make_context(project, "dpo", "pairs", tmp_path, max_steps=15, learning_rate=1e-3)
     metrics, log = run_stage(ctx)
     losses = values(log, "loss")
-    assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at the start
-    assert losses[-1] < 0.3, losses
+    assert losses[-1] < 0.5 * losses[0], losses
     assert values(log, "rewards/accuracies")[-1] == 1.0
     assert metrics["trainable_parameters"] > 0
 
@@ -160,24 +184,25 @@ def test_dpo_reference_is_a_separate_frozen_model_without_hooks(project, tmp_pat
     trainer = dpo.build_trainer(ctx.config, model, tokenizer, common.stage_dataset(ctx.recipe, ctx.config["mix"]),
                                 tmp_path / "trainer")
     assert trainer.ref_model is not None and trainer.ref_model is not model
-    for param in trainer.ref_model.parameters():
-        assert not param.requires_grad and not param._backward_hooks
+    assert not any(param._backward_hooks for param in trainer.ref_model.parameters())
+    optimised = {id(p) for group in trainer.create_optimizer().param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in trainer.ref_model.parameters()}
     assert model.model.layers[0].mlp.experts.down_proj._backward_hooks  # the policy has them
 
 
 def test_grpo_raises_the_reward(project, tmp_path):
-    rewards = [{"name": "tests.test_stages:vowel_reward", "weight": 1.0}]
-    ctx = make_context(project, "grpo", "prompts", tmp_path, rewards=rewards, max_steps=12, batch_size=8,
+    rewards = [{"name": "tests.test_stages:letter_a_reward", "weight": 1.0}]
+    ctx = make_context(project, "grpo", "prompts", tmp_path, rewards=rewards, max_steps=20, batch_size=8,
                        max_length=8, learning_rate=3e-2, trl={"num_generations": 4})
     metrics, log = run_stage(ctx)
     rewards_seen = values(log, "reward")
     first, last = sum(rewards_seen[:3]) / 3, sum(rewards_seen[-3:]) / 3
-    assert last > first + 0.2, rewards_seen
-    assert metrics["reward"] == rewards_seen[-1] and metrics["steps"] == 12 and metrics["tokens"] > 0
+    assert last > first + 0.2, [round(r, 3) for r in rewards_seen]
+    assert metrics["reward"] == rewards_seen[-1] and metrics["steps"] == 20 and metrics["tokens"] > 0
 
 
 def test_unknown_or_owned_trl_fields_are_refused_with_suggestions(tmp_path):
-    from trl import SFTConfig
+    from trl import GRPOConfig, SFTConfig
 
     from barctl.stages.common import trl_config
 
@@ -189,7 +214,9 @@ def test_unknown_or_owned_trl_fields_are_refused_with_suggestions(tmp_path):
                                   "trl": {"packing": True}}, tmp_path, defaults={"packing": False})
     assert (args.num_train_epochs, args.per_device_train_batch_size, args.warmup_steps) == (2, 3, 0.1)
     assert args.packing and args.use_cpu and not args.bf16 and not args.gradient_checkpointing
-    assert args.report_to == [] or args.report_to == "none" or args.report_to == ["none"]
+    assert args.report_to == [] and args.output_dir == str(tmp_path)
+    with pytest.raises(BarctlError, match="GRPOConfig rejects these settings: generation_batch_size"):
+        trl_config(GRPOConfig, {"batch_size": 3, "trl": {"num_generations": 4}}, tmp_path)
 
 
 class Kill(TrainerCallback):
@@ -231,3 +258,9 @@ def test_checkpoints_of_another_configuration_are_discarded(tmp_path):
     (tmp_path / "trainer" / "checkpoint-2").mkdir(parents=True)
     prepare_work(tmp_path, "old-key", messages.append)
     assert (tmp_path / "trainer" / "checkpoint-2").exists() and len(messages) == 1
+
+
+def test_an_accelerate_launcher_is_refused_until_it_exists(project, tmp_path):
+    ctx = make_context(project, "sft", "chat", tmp_path, launcher={"kind": "accelerate"})
+    with pytest.raises(BarctlError, match="launcher 'accelerate' is not available"):
+        runner_for("sft")(ctx)

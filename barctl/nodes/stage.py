@@ -10,15 +10,20 @@ import importlib
 import time
 from typing import Any, Sequence
 
+from barctl.errors import BarctlError
 from barctl.nodes import NodeContext
 
 
 def run(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train, save to `ctx.out`, verify the anchor slot. `callbacks`: extra TrainerCallbacks."""
+    import datasets
+
     from barctl.model.checkpoint import CheckpointReader
     from barctl.model.freezing import AnchorGuard, apply_trainable, check_anchor_slot, tied_note
     from barctl.stages import common
 
+    _check_launcher(ctx)
+    datasets.disable_progress_bars()  # barctl reports progress itself
     config = ctx.config
     kind = importlib.import_module(f"barctl.stages.{config['kind']}")
     input_dir = ctx.inputs[ctx.node.inputs[0]]
@@ -55,3 +60,11 @@ def run(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "trainable_parameters": sum(counts.values()),
     }
+
+
+def _check_launcher(ctx: NodeContext) -> None:
+    _, expert, name = ctx.node.id.split(".", 2)
+    stage = next(s for s in ctx.recipe.expert(expert).stages if s.name == name)
+    if stage.launcher["kind"] != "local":
+        raise BarctlError(f"launcher {stage.launcher['kind']!r} is not available in this barctl version yet; "
+                          "remove `launcher` to train in the barctl process")

@@ -43,16 +43,19 @@ def load_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     return model, tokenizer
 
 
-def stage_dataset(recipe, mix: dict[str, Any], keep_source: bool = False) -> datasets.Dataset:
-    """The stage's mix, drawn from its datasets (local paths resolved against the manifest's directory)."""
+def stage_dataset(recipe, mix: dict[str, Any]) -> datasets.Dataset:
+    """The stage's mix, drawn from its datasets (local paths resolved against the manifest's directory).
+
+    Its `source` column (the dataset a row came from) stays: GRPO rewards may read it, and
+    the other trainers drop columns the model does not take.
+    """
     loaded = {}
     for name in dict.fromkeys(source["dataset"] for source in mix["sources"]):
         spec = dict(recipe.datasets[name])
         if spec.get("path"):
             spec["path"] = str(recipe.resolve(spec["path"]))
         loaded[name] = load_dataset_spec(spec)
-    dataset = build_mix(mix, loaded)
-    return dataset if keep_source else dataset.remove_columns("source")
+    return build_mix(mix, loaded)
 
 
 def trl_config(config_cls: type, training: dict[str, Any], output_dir: Path,
@@ -119,30 +122,28 @@ def _precision(precision: str, cpu: bool) -> dict[str, bool]:
 
 
 class Progress(TrainerCallback):
-    """Reports step, loss (or reward), tokens per second and ETA through `say`, at most every `every` seconds."""
+    """Reports step, loss (or reward), tokens per second and ETA through `say`, at most every `every` seconds.
+
+    It speaks when the trainer logs (every `logging_steps`), so the value is the current one.
+    """
 
     def __init__(self, say: Callable[[str], None], metric: str = "loss", every: float = 5.0):
         self.say, self.metric, self.every = say, metric, every
-        self.value: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = self.last = time.monotonic()
         self.first_step, self.first_tokens = state.global_step, state.num_input_tokens_seen
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and self.metric in logs:
-            self.value = logs[self.metric]
-
-    def on_step_end(self, args, state, control, **kwargs):
         now = time.monotonic()
-        if now - self.last < self.every and state.global_step < state.max_steps:
+        if not logs or self.metric not in logs or (now - self.last < self.every and state.global_step < state.max_steps):
             return
         self.last = now
         elapsed, done = now - self.started, state.global_step - self.first_step
         speed = (state.num_input_tokens_seen - self.first_tokens) / max(elapsed, 1e-9)
         eta = (state.max_steps - state.global_step) * elapsed / max(done, 1)
-        value = f"  {self.metric} {self.value:.4g}" if self.value is not None else ""
-        self.say(f"step {state.global_step}/{state.max_steps}{value}  {speed:,.0f} tok/s  ETA {_duration(eta)}")
+        self.say(f"step {state.global_step}/{state.max_steps}  {self.metric} {logs[self.metric]:.4g}  "
+                 f"{speed:,.0f} tok/s  ETA {_duration(eta)}")
 
 
 def _duration(seconds: float) -> str:

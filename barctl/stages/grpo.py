@@ -16,7 +16,6 @@ from trl import GRPOConfig, GRPOTrainer
 from barctl.stages.common import trl_config
 
 METRIC = "reward"
-KEEPS_SOURCE = True  # reward functions may read the `source` column like any other
 
 
 def build_trainer(config: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
