@@ -42,6 +42,7 @@ class Plan:
     lock_digest: str
     actions: list[Action]
     targets: list[str] = field(default_factory=list)
+    trainable: dict[str, int] = field(default_factory=dict)  # stage node -> trainable parameters
     format: int = PLAN_FORMAT
 
     @property

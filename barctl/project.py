@@ -54,5 +54,19 @@ class Project:
             targets=targets,
             replace=replace,
         )
+        counts = self.trainable_counts()
+        plan.trainable = {a.node_id: counts[a.node_id] for a in plan.to_run if a.node_id in counts}
         self.store.save_cache()
         return plan
+
+    def trainable_counts(self) -> dict[str, int]:
+        """Trainable parameters of every stage node, from the anchor's config alone."""
+        from barctl.model.families import family_for
+        from barctl.model.freezing import trainable_parameter_count
+        from barctl.model.source import describe
+        from barctl.recipe import STAGE_KINDS
+
+        dense = describe(self.recipe.resolve_source(self.recipe.anchor))
+        branched = family_for(dense, self.recipe.output["architecture"]).moe_config(dense, num_experts=2, top_k=2)
+        return {node.id: trainable_parameter_count(branched, node.config["trainable"])
+                for node in self.graph if node.kind in STAGE_KINDS}

@@ -33,6 +33,8 @@ def print_plan(console: Console, plan: Plan, title: str) -> None:
         console.print(f"  [{colour}]{symbol:>3}[/] {escape(action.node_id):<{width}}  [{colour}]{action.action}[/]")
         for reason in action.reasons:
             console.print(f"        [dim]# because {escape(reason)}[/]")
+        if action.node_id in plan.trainable:
+            console.print(f"        [dim]# trains {plan.trainable[action.node_id]:,} parameters[/]")
     kept = len(plan.actions) - len(changes)
     console.print()
     console.print(summary_line("Plan", plan.counts()) + (f" ({kept} unchanged)" if kept else ""))

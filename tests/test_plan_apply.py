@@ -194,3 +194,22 @@ def test_olmo2_anchor_becomes_a_flex_olmo_moe_equal_to_the_anchor(tmp_path, toke
     write_manifest(path, manifest)
     refused = barctl("plan", path)
     assert refused.exit_code == 1 and "base.anchor" in refused.output
+
+
+def test_plan_shows_each_stage_trainable_parameter_count(tmp_path, tokenizer_dir):
+    (tmp_path / "text.jsonl").write_text('{"text": "two plus two is four"}\n')
+    (tmp_path / "chat.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+    mix = lambda name: {"sources": [{"dataset": name, "count": 2}]}  # noqa: E731
+    manifest = tiny_manifest(
+        {"math": {"stages": [{"kind": "midtrain", "mix": mix("text")}, {"kind": "sft", "mix": mix("chat")}]}},
+        datasets={"text": {"path": "text.jsonl", "format": "text"},
+                  "chat": {"path": "chat.jsonl", "format": "messages"}},
+    )
+    path = make_project(tmp_path, tokenizer_dir, manifest)
+    plan = json.loads(barctl("plan", path, "--json").output)
+    hidden, inter, layers, vocab = 32, 64, 2, 300
+    expert_and_router = layers * 3 * hidden * inter + layers * 2 * hidden
+    assert plan["trainable"]["experts.math.midtrain"] == expert_and_router
+    assert plan["trainable"]["experts.math.sft"] == expert_and_router + 2 * vocab * hidden  # untied head
+    assert f"# trains {expert_and_router:,} parameters" in barctl("plan", path).output
