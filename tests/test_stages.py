@@ -66,11 +66,11 @@ def project(tmp_path_factory, tokenizer_dir) -> Path:
     return root
 
 
-def make_context(root: Path, kind: str, dataset: str, tmp: Path, trainable=None, rewards=None, launcher=None,
+def make_context(root: Path, kind: str, dataset: str, tmp: Path, trainable=None, rewards=None,
                  messages: list | None = None, model: str = "moe", **training) -> NodeContext:
     stage = {"kind": kind, "mix": {"sources": [{"dataset": dataset, "count": 4}]},
              "training": {**FAST, **training}}
-    for key, value in (("trainable", trainable), ("rewards", rewards), ("launcher", launcher)):
+    for key, value in (("trainable", trainable), ("rewards", rewards)):
         if value:
             stage[key] = value
     manifest = tiny_manifest({"math": {"stages": [stage]}},
@@ -206,7 +206,8 @@ def test_unknown_or_owned_trl_fields_are_refused_with_suggestions(tmp_path):
 
     from barctl.stages.common import trl_config
 
-    with pytest.raises(BarctlError, match=r"'num_train_epoch': SFTConfig has no such field \(did you mean 'num_train_epochs'"):
+    unknown = r"'num_train_epoch': SFTConfig has no such field \(did you mean 'num_train_epochs'"
+    with pytest.raises(BarctlError, match=unknown):
         trl_config(SFTConfig, {"trl": {"num_train_epoch": 1}}, tmp_path)
     with pytest.raises(BarctlError, match="set it as training.learning_rate"):
         trl_config(SFTConfig, {"trl": {"learning_rate": 1.0}}, tmp_path)
@@ -259,8 +260,3 @@ def test_checkpoints_of_another_configuration_are_discarded(tmp_path):
     prepare_work(tmp_path, "old-key", messages.append)
     assert (tmp_path / "trainer" / "checkpoint-2").exists() and len(messages) == 1
 
-
-def test_an_accelerate_launcher_is_refused_until_it_exists(project, tmp_path):
-    ctx = make_context(project, "sft", "chat", tmp_path, launcher={"kind": "accelerate"})
-    with pytest.raises(BarctlError, match="launcher 'accelerate' is not available"):
-        runner_for("sft")(ctx)

@@ -58,7 +58,8 @@ def expand(groups: Iterable[str]) -> set[str]:
     chosen = set(groups)
     unknown = chosen - set(GROUPS) - {"all"}
     if unknown:
-        raise BarctlError(f"unknown trainable group(s) {', '.join(sorted(unknown))}; choose from all, {', '.join(GROUPS)}")
+        raise BarctlError(f"unknown trainable group(s) {', '.join(sorted(unknown))}; "
+                          f"choose from all, {', '.join(GROUPS)}")
     return set(GROUPS) if "all" in chosen else chosen
 
 
@@ -152,7 +153,8 @@ def check_anchor_slot(model_or_dir: ModelOrDir, anchor_ffn: ModelOrDir | Mapping
         for key in sorted(found):
             tensor, want = found[key](), expected[key]()
             if tensor.shape != want.shape:
-                raise BarctlError(f"anchor slot: {key} has shape {list(tensor.shape)}, the anchor's is {list(want.shape)}")
+                raise BarctlError(f"anchor slot: {key} has shape {list(tensor.shape)}, "
+                                  f"the anchor's is {list(want.shape)}")
             if not _same_bits(tensor, want):
                 diff = (tensor.double() - want.double()).abs().max().item()
                 raise BarctlError(f"the anchor FFN (expert slot 0) changed in training: {key} differs "

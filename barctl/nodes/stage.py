@@ -10,11 +10,20 @@ import importlib
 import time
 from typing import Any, Sequence
 
-from barctl.errors import BarctlError
 from barctl.nodes import NodeContext
 
 
 def run(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train in this process, or through `accelerate launch` when the stage declares it."""
+    from barctl.launch import run_with_accelerate, stage_launcher
+
+    launcher = stage_launcher(ctx.recipe, ctx.node.id)
+    if launcher["kind"] == "accelerate":
+        return run_with_accelerate(ctx, launcher)
+    return train_stage(ctx, callbacks)
+
+
+def train_stage(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train, save to `ctx.out`, verify the anchor slot. `callbacks`: extra TrainerCallbacks."""
     import datasets
 
@@ -22,7 +31,6 @@ def run(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     from barctl.model.freezing import AnchorGuard, apply_trainable, check_anchor_slot, tied_note
     from barctl.stages import common
 
-    _check_launcher(ctx)
     datasets.disable_progress_bars()  # barctl reports progress itself
     config = ctx.config
     kind = importlib.import_module(f"barctl.stages.{config['kind']}")
@@ -46,10 +54,11 @@ def run(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     with CheckpointReader(input_dir) as reader:
         dtype = reader.dtype_of(reader.names()[0])
-    trainer.accelerator.unwrap_model(trainer.model).to(dtype).save_pretrained(ctx.out)
-    tokenizer.save_pretrained(ctx.out)
-    check_anchor_slot(ctx.out, input_dir)
-    common.clear(ctx.work)
+    if trainer.accelerator.is_main_process:  # under `accelerate launch`, one process saves
+        trainer.accelerator.unwrap_model(trainer.model).to(dtype).save_pretrained(ctx.out)
+        tokenizer.save_pretrained(ctx.out)
+        check_anchor_slot(ctx.out, input_dir)
+        common.clear(ctx.work)
 
     state = trainer.state
     logged = [entry[kind.METRIC] for entry in state.log_history if kind.METRIC in entry]
@@ -60,11 +69,3 @@ def run(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "trainable_parameters": sum(counts.values()),
     }
-
-
-def _check_launcher(ctx: NodeContext) -> None:
-    _, expert, name = ctx.node.id.split(".", 2)
-    stage = next(s for s in ctx.recipe.expert(expert).stages if s.name == name)
-    if stage.launcher["kind"] != "local":
-        raise BarctlError(f"launcher {stage.launcher['kind']!r} is not available in this barctl version yet; "
-                          "remove `launcher` to train in the barctl process")

@@ -19,6 +19,7 @@ from barctl.data.load import load_dataset_spec
 from barctl.data.mix import build_mix
 from barctl.errors import BarctlError
 from barctl.model.freezing import AnchorGuard
+from barctl.recipe import Recipe
 from barctl.trl_fields import BARCTL_TO_TRL
 
 # barctl's `training` settings that map one to one onto a config field (warmup_ratio and
@@ -43,7 +44,7 @@ def load_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     return model, tokenizer
 
 
-def stage_dataset(recipe, mix: dict[str, Any]) -> datasets.Dataset:
+def stage_dataset(recipe: Recipe, mix: dict[str, Any]) -> datasets.Dataset:
     """The stage's mix, drawn from its datasets (local paths resolved against the manifest's directory).
 
     Its `source` column (the dataset a row came from) stays: GRPO rewards may read it, and
@@ -136,7 +137,8 @@ class Progress(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         now = time.monotonic()
-        if not logs or self.metric not in logs or (now - self.last < self.every and state.global_step < state.max_steps):
+        due = now - self.last >= self.every or state.global_step >= state.max_steps
+        if not logs or self.metric not in logs or not due:
             return
         self.last = now
         elapsed, done = now - self.started, state.global_step - self.first_step
