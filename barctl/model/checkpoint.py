@@ -40,7 +40,7 @@ class CheckpointReader:
         self.dir = Path(model_dir)
         self.config = read_config(self.dir)
         self._map = weight_map(self.dir)
-        self._handles: dict[str, object] = {}
+        self._handles: dict[Path, object] = {}
 
     def names(self) -> list[str]:
         return sorted(self._map)
@@ -49,7 +49,10 @@ class CheckpointReader:
         return name in self._map
 
     def get(self, name: str) -> torch.Tensor:
-        return self._handle(name).get_tensor(name)
+        # A short-lived handle: a long-lived one keeps the file mapped, and every page read
+        # through it would stay resident, so a merge of N inputs would hold N checkpoints.
+        with safe_open(self._path(name), "pt") as handle:
+            return handle.get_tensor(name)
 
     def shape_of(self, name: str) -> tuple[int, ...]:
         return tuple(self._handle(name).get_slice(name).get_shape())
@@ -66,17 +69,21 @@ class CheckpointReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _handle(self, name: str):
+    def _path(self, name: str) -> Path:
         try:
             file = self._map[name]
         except KeyError:
             raise BarctlError(f"{self.dir}: no tensor named {name!r}") from None
-        if file not in self._handles:
-            path = self.dir / file
-            if not path.is_file():
-                raise BarctlError(f"{self.dir}: {file} is listed in the index but missing")
-            self._handles[file] = safe_open(path, "pt")
-        return self._handles[file]
+        path = self.dir / file
+        if not path.is_file():
+            raise BarctlError(f"{self.dir}: {file} is listed in the index but missing")
+        return path
+
+    def _handle(self, name: str):
+        path = self._path(name)
+        if path not in self._handles:
+            self._handles[path] = safe_open(path, "pt")
+        return self._handles[path]
 
 
 class ShardedWriter:
