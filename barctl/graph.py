@@ -76,9 +76,6 @@ class Graph:
                 stack.extend(self._nodes[current].inputs)
         return seen
 
-    def consumers(self, node_id: str) -> list[str]:
-        return [n.id for n in self if node_id in n.inputs]
-
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

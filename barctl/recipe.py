@@ -139,7 +139,7 @@ def schema_issues(loaded: LoadedYaml) -> list[Issue]:
     issues = []
     for error in validator.iter_errors(loaded.data):
         issues.extend(_issues_from_schema_error(loaded, error))
-    return _dedupe(issues)
+    return issues
 
 
 def _issues_from_schema_error(loaded: LoadedYaml, error: Any) -> list[Issue]:
