@@ -13,7 +13,7 @@ from barctl.errors import BarctlError, Issue, UnsupportedModel
 from barctl.graph import stage_datasets
 from barctl.model.families import family_for
 from barctl.model.source import describe
-from barctl.recipe import Recipe
+from barctl.recipe import EVAL_COLUMNS, Recipe
 
 SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers")
 
@@ -48,13 +48,18 @@ def _model_issues(recipe: Recipe) -> list[Issue]:
 
 
 def _data_issues(recipe: Recipe) -> list[Issue]:
-    used = {name for expert in recipe.experts for stage in expert.stages for name in stage_datasets(stage)}
+    """Every dataset a stage or an evaluation reads, with the columns its evaluation metrics need."""
+    required: dict[str, set[str]] = {name: set() for expert in recipe.experts for stage in expert.stages
+                                     for name in stage_datasets(stage)}
+    for domain in recipe.evals.get("domains", {}).values():
+        required.setdefault(domain["dataset"], set()).update(EVAL_COLUMNS[domain["metric"]])
     issues = []
-    for name in sorted(used):
+    for name in sorted(required):
         spec: dict[str, Any] = dict(recipe.datasets[name])
         if "path" in spec:
             spec["path"] = str(recipe.resolve(spec["path"]))
-        issues += [recipe.issue(("datasets", name), problem) for problem in check_dataset(spec)]
+        problems = check_dataset(spec, tuple(sorted(required[name])))
+        issues += [recipe.issue(("datasets", name), problem) for problem in problems]
     return issues
 
 

@@ -104,43 +104,86 @@ def plan(manifest: Path, out: Path | None, targets: tuple[str, ...], replace: tu
 def apply(target: Path, auto_approve: bool, targets: tuple[str, ...], replace: tuple[str, ...],
           as_json: bool) -> None:
     """Build what the plan says: TARGET is a manifest, or a plan saved with `plan --out`."""
-    from barctl.apply import apply_plan, check_plan_is_current
-    from barctl.lock import StateLock
-    from barctl.plan import Plan
-    from barctl.project import Project
     from barctl.recipe import load_recipe
-    from barctl.render import ConsoleReporter, SilentReporter, apply_summary, print_plan
+    from barctl.render import apply_summary
 
     saved = _saved_plan(target)
     if saved is not None and (targets or replace):
         raise BarctlError("--target and --replace belong to `barctl plan` when applying a saved plan")
     manifest = Path(saved.manifest) if saved else target
     load_recipe(manifest)  # a broken manifest is reported before anything is written
+    project, result = _apply(manifest, saved, list(targets), list(replace), auto_approve, as_json)
+    if as_json:
+        console.print_json(data=vars(result))
+    elif result.built or result.rebuilt or result.removed:
+        console.print(apply_summary(len(result.built), len(result.rebuilt), len(result.removed)))
+        console.print(f"Output: {project.recipe.output_dir}")
+
+
+@main.command("eval", cls=Command)
+@click.argument("manifest", type=MANIFEST)
+@click.option("--auto-approve", is_flag=True, help="Build what the evaluations need without asking.")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+def evaluate(manifest: Path, auto_approve: bool, as_json: bool) -> None:
+    """Run the manifest's evaluations (building what they need) and print the table."""
+    from barctl.graph import eval_node_ids
+    from barctl.recipe import load_recipe
+    from barctl.results import eval_scores, routing_shares
+
+    recipe = load_recipe(manifest)
+    if not recipe.evals:
+        raise BarctlError(f"{manifest} declares no evals")
+    project, _ = _apply(manifest, None, eval_node_ids(recipe), [], auto_approve, as_json)
+    entries = project.lockfile.entries
+    if as_json:
+        console.print_json(data={"scores": eval_scores(entries), "routing": routing_shares(entries)})
+    else:
+        _print_evaluations(project)
+
+
+def _apply(manifest: Path, saved, targets: list[str], replace: list[str], auto_approve: bool, quiet: bool):
+    """Plan (or take the saved plan), ask, run; print the evaluations (also when a node failed)."""
+    from barctl.apply import ApplyResult, apply_plan, check_plan_is_current
+    from barctl.lock import StateLock
+    from barctl.project import Project
+    from barctl.render import ConsoleReporter, SilentReporter, print_plan
+
     with StateLock(manifest.resolve().parent / ".barctl") as state:
-        state.acquire(f"barctl apply {target}")
+        state.acquire(f"barctl apply {manifest}")
         project = Project.load(manifest)
         if saved is not None:
             check_plan_is_current(project, saved)
-            the_plan: Plan = saved
+            the_plan = saved
         else:
-            the_plan = project.plan(list(targets), list(replace))
-            if not as_json:
+            the_plan = project.plan(targets, replace)
+            if not quiet:
                 print_plan(console, the_plan, f"{project.recipe.name} ({manifest})")
             if the_plan.has_changes and not auto_approve:
                 _ask_approval()
         if not the_plan.has_changes:
-            if as_json:
-                console.print_json(data={"built": [], "rebuilt": [], "removed": []})
-            return
-        reporter = SilentReporter() if as_json else ConsoleReporter(console)
-        if not as_json:
+            return project, ApplyResult()
+        reporter = SilentReporter() if quiet else ConsoleReporter(console)
+        if not quiet:
             console.print()
-        result = apply_plan(project, the_plan, reporter)
-    if as_json:
-        console.print_json(data=vars(result))
-    else:
-        console.print(apply_summary(len(result.built), len(result.rebuilt), len(result.removed)))
-        console.print(f"Output: {project.recipe.output_dir}")
+        try:
+            result = apply_plan(project, the_plan, reporter)
+        finally:
+            if not quiet:
+                _print_evaluations(project, only_if_run=the_plan)
+    return project, result
+
+
+def _print_evaluations(project, only_if_run=None) -> None:
+    from barctl.render import print_evaluations
+
+    recipe = project.recipe
+    if not recipe.evals:
+        return
+    if only_if_run is not None and not any(a.kind in ("eval", "gates") for a in only_if_run.to_run):
+        return
+    console.print()
+    print_evaluations(console, list(recipe.evals["domains"]), ["anchor", *(e.name for e in recipe.experts)],
+                      project.lockfile.entries)
 
 
 def _saved_plan(target: Path):

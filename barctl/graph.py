@@ -25,6 +25,8 @@ KIND_VERSIONS = {
     "grpo": 1,
     "merge": 1,
     "router": 1,
+    "eval": 1,
+    "gates": 1,
     "export": 1,
 }
 
@@ -136,19 +138,65 @@ def build_graph(recipe: Recipe, fingerprints: "Fingerprints") -> Graph:
          "top_k": resolved_top_k(recipe), "architecture": recipe.output["architecture"]},
         [base, *expert_heads],
     )
-    router = b.add(
-        "router", "router",
-        {"init": recipe.routing["init"], "train": recipe.routing["train"], "seed": recipe.seed},
-        [merge],
-    )
+    router = b.add("router", "router", router_config(recipe),
+                   [merge, base] if recipe.routing["init"] in ("embedding", "prompts") else [merge])
+    evaluations = _add_evals(b, recipe, fingerprints, base, dict(zip((e.name for e in recipe.experts), expert_heads)), merge, router)
+    if recipe.gates:
+        evaluations = [b.add("gates", "gates", {"gates": [dict(g) for g in recipe.gates]}, evaluations)]
     output = recipe.output
     b.add(
         "export", "export",
         {"dir": output["dir"], "dtype": output["dtype"], "max_shard_size": output["max_shard_size"],
          "smoke_test": output["smoke_test"]},
-        [merge, router],
+        [merge, router, *evaluations],
     )
     return Graph(b.nodes)
+
+
+def router_config(recipe: Recipe) -> dict[str, Any]:
+    """The router's init and training; init fields appear only with the init that reads them."""
+    routing = recipe.routing
+    config = {"init": routing["init"], "train": routing["train"], "seed": recipe.seed}
+    for field in ("init_samples", "prompts"):
+        if field in routing:
+            config[field] = routing[field]
+    return config
+
+
+def _add_evals(b: "_Builder", recipe: Recipe, fingerprints: "Fingerprints", base: str,
+               expert_heads: dict[str, str], merge: str, router: str) -> list[str]:
+    """One eval node per evaluated model (anchor, each expert, merged), in that order."""
+    evals = recipe.evals
+    if not evals:
+        return []
+    data = {name: fingerprints.dataset(recipe.datasets[name])
+            for name in sorted({d["dataset"] for d in evals["domains"].values()})}
+    config = {"domains": evals["domains"]}
+    nodes = []
+    if "anchor" in evals["models"]:
+        nodes.append(b.add("eval.anchor", "eval", {"model": "anchor", **config}, [base], data))
+    if "experts" in evals["models"]:
+        for expert, head in expert_heads.items():
+            nodes.append(b.add(f"eval.experts.{expert}", "eval", {"model": f"experts.{expert}", **config},
+                               [head], data))
+    if "merged" in evals["models"]:
+        nodes.append(b.add("eval.merged", "eval",
+                           {"model": "merged", **config, "routing_report": evals["routing_report"]},
+                           [merge, router], data))
+    return nodes
+
+
+def eval_node_ids(recipe: Recipe) -> list[str]:
+    """The evaluation nodes (and the gates) of a recipe: `barctl eval`'s targets."""
+    evals = recipe.evals
+    if not evals:
+        return []
+    ids = ["eval.anchor"] if "anchor" in evals["models"] else []
+    if "experts" in evals["models"]:
+        ids += [f"eval.experts.{e.name}" for e in recipe.experts]
+    if "merged" in evals["models"]:
+        ids.append("eval.merged")
+    return ids + (["gates"] if recipe.gates else [])
 
 
 def stage_config(stage: Stage) -> dict[str, Any]:

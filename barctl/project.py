@@ -60,13 +60,20 @@ class Project:
         return plan
 
     def trainable_counts(self) -> dict[str, int]:
-        """Trainable parameters of every stage node, from the anchor's config alone."""
+        """Trainable parameters of every stage node (and of router training), from the anchor's config alone."""
+        from barctl.graph import resolved_top_k
         from barctl.model.families import family_for
         from barctl.model.freezing import trainable_parameter_count
         from barctl.model.source import describe
         from barctl.recipe import STAGE_KINDS
 
-        dense = describe(self.recipe.resolve_source(self.recipe.anchor))
-        branched = family_for(dense, self.recipe.output["architecture"]).moe_config(dense, num_experts=2, top_k=2)
-        return {node.id: trainable_parameter_count(branched, node.config["trainable"])
-                for node in self.graph if node.kind in STAGE_KINDS}
+        recipe = self.recipe
+        dense = describe(recipe.resolve_source(recipe.anchor))
+        family = family_for(dense, recipe.output["architecture"])
+        branched = family.moe_config(dense, num_experts=2, top_k=2)
+        counts = {node.id: trainable_parameter_count(branched, node.config["trainable"])
+                  for node in self.graph if node.kind in STAGE_KINDS}
+        if recipe.routing["train"] is not None:
+            merged = family.moe_config(dense, num_experts=len(recipe.experts) + 1, top_k=resolved_top_k(recipe))
+            counts["router"] = trainable_parameter_count(merged, ["router"])
+        return counts

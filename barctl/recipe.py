@@ -33,6 +33,19 @@ FORMATS_FOR_KIND = {
     "grpo": ("prompt",),
 }
 SOURCE_KINDS = ("path", "hub", "package", "random")
+# Evaluation metrics: the dataset formats each reads, and the extra columns its scorer needs.
+EVAL_FORMATS = {
+    "math_answer": ("prompt",),
+    "tool_call": ("prompt",),
+    "refusal": ("prompt",),
+    "code_tests": ("prompt",),
+    "loss": ("text", "messages", "prompt_completion"),
+}
+EVAL_COLUMNS = {"math_answer": ("answer",), "tool_call": ("ground_truth",), "refusal": ("harmful",),
+                "code_tests": ("tests",), "loss": ()}
+EVAL_MODELS = ("anchor", "experts", "merged")
+DEFAULT_GENERATION = {"max_new_tokens": 256, "batch_size": 8, "max_length": 1024}
+DEFAULT_ROUTER_TRAINING = {"learning_rate": 1e-4, "epochs": 2}
 
 
 @dataclass(frozen=True)
@@ -191,7 +204,8 @@ def semantic_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
     a part too malformed to check is skipped, since the schema already reported it.
     """
     issues: list[Issue] = []
-    for check in (_base_issues, _datasets_issues, _experts_issues, _routing_issues, _output_issues):
+    for check in (_base_issues, _datasets_issues, _experts_issues, _routing_issues, _output_issues,
+                  _evals_issues, _gates_issues):
         try:
             issues += check(loaded, root)
         except (KeyError, TypeError, AttributeError, ValueError):
@@ -308,13 +322,108 @@ def _stage_issues(loaded: LoadedYaml, where: tuple, stage: dict, datasets: dict)
 
 def _routing_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
     data = loaded.data
-    top_k = data.get("routing", {}).get("top_k", "all")
-    slots = len(data["experts"]) + 1
+    routing = data.get("routing", {})
+    experts = data["experts"]
+    issues = []
+    top_k = routing.get("top_k", "all")
+    slots = len(experts) + 1
     if isinstance(top_k, int) and top_k > slots:
-        return [loaded.issue(("routing", "top_k"),
+        issues.append(loaded.issue(("routing", "top_k"),
             f"top_k {top_k} exceeds the merged model's {slots} experts (the anchor and {slots - 1} domains)",
-        )]
-    return []
+        ))
+    init = routing.get("init", "experts")
+    for name, needs in (("prompts", "prompts"), ("init_samples", "embedding")):
+        if name in routing and init != needs:
+            issues.append(loaded.issue(("routing", name), f"{name} only goes with init: {needs}", at_key=True))
+    if init == "prompts":
+        prompts = routing.get("prompts", {})
+        missing = [name for name in experts if name not in prompts]
+        if missing:
+            issues.append(loaded.issue(("routing", "prompts") if prompts else ("routing", "init"),
+                "init: prompts needs routing.prompts for every expert; missing: " + ", ".join(missing)))
+        for name in prompts:
+            if name not in experts:
+                issues.append(loaded.issue(("routing", "prompts", name),
+                    f"unknown expert '{name}'{_did_you_mean(name, sorted(experts))}", at_key=True))
+    if init == "embedding":
+        dataless = [name for name, spec in experts.items()
+                    if not any(stage.get("mix") for stage in spec.get("stages", []))]
+        if dataless:
+            issues.append(loaded.issue(("routing", "init"),
+                "init: embedding averages hidden states over each expert's stage data, but these experts "
+                "have no stage with a mix: " + ", ".join(dataless)))
+    if routing.get("train") is not None:
+        with_sft = [name for name, spec in experts.items()
+                    if any(stage.get("kind") == "sft" and stage.get("mix") for stage in spec.get("stages", []))]
+        if not with_sft:
+            issues.append(loaded.issue(("routing", "train"),
+                "router training samples the experts' SFT mixes, but no expert has an sft stage with a mix"))
+    return issues
+
+
+def _evals_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
+    evals = loaded.data.get("evals")
+    if evals is None:
+        return []
+    datasets = loaded.data.get("datasets", {})
+    issues = []
+    for domain, spec in evals["domains"].items():
+        where = ("evals", "domains", domain)
+        name, metric = spec["dataset"], spec["metric"]
+        if name not in datasets:
+            issues.append(loaded.issue(where + ("dataset",),
+                f"unknown dataset '{name}'{_did_you_mean(name, sorted(datasets))}"))
+        elif metric in EVAL_FORMATS and datasets[name]["format"] not in EVAL_FORMATS[metric]:
+            wanted = " or ".join(EVAL_FORMATS[metric])
+            issues.append(loaded.issue(where + ("dataset",),
+                f"dataset '{name}' has format {datasets[name]['format']}; metric {metric} needs {wanted}"))
+    if domain_clash := sorted(set(evals["domains"]) & {"average"}):
+        issues.append(loaded.issue(("evals", "domains", domain_clash[0]),
+            "'average' is the name of the column of means; give the domain another name", at_key=True))
+    return issues
+
+
+def _gates_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
+    gates = loaded.data.get("gates")
+    if not gates:
+        return []
+    evals = loaded.data.get("evals")
+    if evals is None:
+        return [loaded.issue(("gates",), "gates compare evaluation results: declare `evals` too")]
+    experts = loaded.data["experts"]
+    models = evals.get("models", list(EVAL_MODELS))
+    domains = set(evals["domains"])
+    issues = []
+    for index, gate in enumerate(gates):
+        where = ("gates", index)
+        for key in ("model", "at_least"):
+            value = gate.get(key)
+            if not isinstance(value, str) or value == "own_expert":
+                continue
+            evaluated = value.split(".")[0] in models
+            if value.startswith("experts."):
+                expert = value.split(".", 1)[1]
+                if expert not in experts:
+                    issues.append(loaded.issue(where + (key,),
+                        f"unknown expert '{expert}'{_did_you_mean(expert, sorted(experts))}"))
+                    continue
+            if not evaluated:
+                issues.append(loaded.issue(where + (key,),
+                    f"{value} is not evaluated: add '{value.split('.')[0]}' to evals.models"))
+        if gate.get("at_least") == "own_expert" and "experts" not in models:
+            issues.append(loaded.issue(where + ("at_least",), "own_expert needs 'experts' in evals.models"))
+        for d_index, domain in enumerate(gate.get("domains", [])):
+            if domain != "average" and domain not in domains:
+                issues.append(loaded.issue(where + ("domains", d_index),
+                    f"unknown domain '{domain}'{_did_you_mean(domain, sorted(domains))}"))
+            elif gate.get("at_least") == "own_expert" and domain not in experts:
+                issues.append(loaded.issue(where + ("domains", d_index),
+                    f"own_expert: no expert is named '{domain}'"))
+        if gate.get("at_least") == "own_expert" and "domains" not in gate and not domains & set(experts):
+            issues.append(loaded.issue(where + ("at_least",),
+                "own_expert compares each domain with the expert of the same name, but no domain is named "
+                "like an expert"))
+    return issues
 
 
 def _output_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
@@ -346,6 +455,12 @@ def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
     )
     routing = {"top_k": "all", "shared": "average", "init": "experts", "train": None}
     routing.update(data.get("routing", {}))
+    if routing["init"] == "embedding":
+        routing.setdefault("init_samples", 64)
+    if routing["train"] is not None:
+        train = routing["train"]
+        routing["train"] = {"fraction": train.get("fraction", 0.05), "aux_loss_weight": train.get("aux_loss_weight", 0.0),
+                            "training": {"seed": seed, **DEFAULT_ROUTER_TRAINING, **train.get("training", {})}}
     output = {"architecture": "auto", "dtype": "auto", "max_shard_size": "2GB", "smoke_test": True}
     output.update(data["output"])
     datasets = {
@@ -365,8 +480,8 @@ def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
         routing=routing,
         output=output,
         document=loaded,
-        evals=data.get("evals", {}),
-        gates=tuple(data.get("gates", [])),
+        evals=_build_evals(data.get("evals")),
+        gates=tuple(_build_gate(gate, data) for gate in data.get("gates", [])),
     )
 
 
@@ -385,6 +500,38 @@ def _build_stage(stage: dict, seed: int) -> Stage:
         rewards=tuple({"weight": 1.0, **r} for r in stage.get("rewards", [])),
         launcher={"kind": "local", **stage.get("launcher", {})},
     )
+
+
+def _build_evals(evals: dict | None) -> dict[str, Any]:
+    """Each domain with its generation limits resolved; {} when nothing is evaluated."""
+    if not evals:
+        return {}
+    generation = {**DEFAULT_GENERATION, **evals.get("generation", {})}
+    domains = {
+        name: {"dataset": spec["dataset"], "metric": spec["metric"], "limit": spec.get("limit"),
+               "generation": {**generation, **spec.get("generation", {})}}
+        for name, spec in evals["domains"].items()
+    }
+    return {"models": list(evals.get("models", EVAL_MODELS)), "domains": domains,
+            "routing_report": evals.get("routing_report", True)}
+
+
+def _build_gate(gate: dict, data: dict) -> dict[str, Any]:
+    domains = gate.get("domains")
+    if domains is None:
+        names = list(data["evals"]["domains"])
+        domains = [d for d in names if d in data["experts"]] if gate["at_least"] == "own_expert" else names
+    resolved = {"model": gate["model"], "at_least": gate["at_least"], "domains": domains,
+                "tolerance": gate.get("tolerance", 0)}
+    return {"name": gate.get("name") or gate_description(resolved), **resolved}
+
+
+def gate_description(gate: dict) -> str:
+    """E.g. "merged >= anchor - 0.02 on math, code"."""
+    tolerance = f" - {gate['tolerance']:g}" if gate["tolerance"] else ""
+    at_least = gate["at_least"]
+    reference = f"{at_least:g}" if isinstance(at_least, (int, float)) else at_least
+    return f"{gate['model']} >= {reference}{tolerance} on {', '.join(gate['domains'])}"
 
 
 # -- helpers --------------------------------------------------------------------------

@@ -131,3 +131,30 @@ def human_size(size: int) -> str:
 
 def to_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def print_evaluations(console: Console, domains: list[str], slots: list[str],
+                      entries: dict[str, dict[str, Any]]) -> None:
+    """BAR's table (models as rows, domains and their average as columns), then the routing report."""
+    from barctl.results import AVERAGE, eval_scores, routing_shares
+
+    scores = eval_scores(entries)
+    if not scores:
+        return
+    table = Table(title="Evaluation (higher is better)", title_justify="left")
+    table.add_column("model")
+    for column in [*domains, AVERAGE]:
+        table.add_column(column, justify="right")
+    for model, row in scores.items():
+        table.add_row(escape(model), *(f"{row[d]:.3f}" if d in row else "-" for d in [*domains, AVERAGE]))
+    console.print(table)
+    shares = routing_shares(entries)
+    if shares:
+        routing = Table(title="Merged model: share of routing weight per expert (mean over layers)",
+                        title_justify="left")
+        routing.add_column("domain")
+        for slot in slots:
+            routing.add_column(escape(slot), justify="right")
+        for domain, row in shares.items():
+            routing.add_row(escape(domain), *(f"{share:.1%}" for share in row))
+        console.print(routing)

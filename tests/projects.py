@@ -44,8 +44,15 @@ def make_project(root: Path, tokenizer_dir: Path, manifest: dict | None = None) 
     return path
 
 
+class _NoAliases(yaml.SafeDumper):
+    """Writes a dict used twice in full both times, as a person would (no &anchors)."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def write_manifest(path: Path, manifest: dict) -> None:
-    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    path.write_text(yaml.dump(manifest, Dumper=_NoAliases, sort_keys=False))
 
 
 def barctl(*args: str) -> Result:

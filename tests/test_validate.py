@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.projects import barctl, make_project, tiny_manifest, write_manifest
+from tests.projects import barctl, make_project, tiny_manifest
 
 GOOD = tiny_manifest()
 

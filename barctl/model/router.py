@@ -1,4 +1,4 @@
-"""Router tensors of a MoE checkpoint: extract them, or draw fresh random ones."""
+"""Router tensors of a MoE: extract, draw at random, derive from hidden states, move in and out of a loaded model."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from barctl.errors import BarctlError
 from barctl.model.checkpoint import CheckpointReader
 from barctl.model.families import moe_family_for_moe_config, num_layers
 
@@ -33,3 +34,102 @@ def random_router(moe_dir: Path, out_file: Path, seed: int) -> None:
             for name in router_names(reader)
         }
     save_file(tensors, out_file, metadata={"format": "pt"})
+
+
+def router_weights(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The router weight of every layer of a loaded MoE (Mixtral and FlexOlmo both keep it at `mlp.gate`)."""
+    return [layer.mlp.gate.weight for layer in model.model.layers]
+
+
+def load_router(model: torch.nn.Module, router_file: Path) -> None:
+    """Copy the router tensors of `router_file` (checkpoint names, in layer order) into a loaded MoE."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(router_file)
+    weights = router_weights(model)
+    if len(tensors) != len(weights):
+        raise BarctlError(f"{router_file.name} has {len(tensors)} router tensors; the model has {len(weights)} layers")
+    with torch.no_grad():
+        for weight, name in zip(weights, _in_layer_order(tensors)):
+            weight.copy_(tensors[name])
+
+
+def save_router(model: torch.nn.Module, moe_dir: Path, out_file: Path) -> None:
+    """A loaded MoE's router weights under `moe_dir`'s checkpoint names and dtypes."""
+    with CheckpointReader(moe_dir) as reader:
+        names = router_names(reader)
+        dtypes = [reader.dtype_of(name) for name in names]
+    tensors = {name: weight.detach().to("cpu", dtype).contiguous()
+               for name, weight, dtype in zip(names, router_weights(model), dtypes)}
+    save_file(tensors, out_file, metadata={"format": "pt"})
+
+
+def _in_layer_order(tensors: dict[str, torch.Tensor]) -> list[str]:
+    return sorted(tensors, key=lambda name: int(name.split(".layers.")[1].split(".")[0]))
+
+
+def mean_ffn_inputs(model: torch.nn.Module, tokenizer, texts: list[str], *, max_length: int = 512,
+                    batch_size: int = 8) -> torch.Tensor:
+    """[layers, hidden]: the mean over the texts' tokens of what each layer's FFN receives (the router's input)."""
+    layers = model.model.layers
+    sums = torch.zeros(len(layers), model.config.hidden_size, dtype=torch.float64)
+    count = 0
+    mask: list[torch.Tensor] = []
+
+    def accumulate(index: int):
+        def hook(module, args):
+            hidden = args[0].reshape(-1, args[0].shape[-1]).double()
+            sums[index] += hidden[mask[0].reshape(-1)].sum(dim=0)
+        return hook
+
+    handles = [layer.mlp.register_forward_pre_hook(accumulate(i)) for i, layer in enumerate(layers)]
+    try:
+        model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                                  truncation=True, max_length=max_length)
+                mask[:] = [batch["attention_mask"].bool()]
+                count += int(mask[0].sum())
+                model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return (sums / max(count, 1)).float()
+
+
+def hidden_state_router(anchor_dir: Path, texts_per_expert: list[list[str]], moe_dir: Path, out_file: Path,
+                        *, max_length: int = 512) -> None:
+    """Router rows from the anchor's hidden states (FlexOlmo's domain embeddings, mergekit's `hidden` gates).
+
+    Row i of every layer is the unit-length mean FFN input of the anchor over expert i's
+    texts; row 0 (the anchor's FFN) is the unit-length mean of those rows.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(anchor_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(anchor_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    means = torch.stack([_unit(mean_ffn_inputs(model, tokenizer, texts, max_length=max_length))
+                         for texts in texts_per_expert], dim=1)  # [layers, experts, hidden]
+    rows = torch.cat([_unit(means.mean(dim=1, keepdim=True)), means], dim=1)
+    with CheckpointReader(moe_dir) as reader:
+        names = router_names(reader)
+        expected = reader.shape_of(names[0])
+        if tuple(rows.shape[1:]) != tuple(expected):
+            raise BarctlError(f"hidden-state router rows {tuple(rows.shape[1:])} do not fit the merged router "
+                              f"{tuple(expected)}")
+        tensors = {name: rows[layer].to(reader.dtype_of(name)).contiguous() for layer, name in enumerate(names)}
+    save_file(tensors, out_file, metadata={"format": "pt"})
+
+
+def _unit(t: torch.Tensor) -> torch.Tensor:
+    return t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def row_cosines(router_file: Path) -> torch.Tensor:
+    """[experts, experts]: the cosine between every two router rows, averaged over layers."""
+    from safetensors.torch import load_file
+
+    return torch.stack([_unit(t.float()) @ _unit(t.float()).T for t in load_file(router_file).values()]).mean(dim=0)

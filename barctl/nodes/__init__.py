@@ -19,6 +19,8 @@ RUNNERS = {
     "branch": "barctl.nodes.branch",
     "merge": "barctl.nodes.merge",
     "router": "barctl.nodes.router",
+    "eval": "barctl.nodes.eval",
+    "gates": "barctl.nodes.gates",
     "export": "barctl.nodes.export",
     **dict.fromkeys(("midtrain", "sft", "dpo", "grpo"), "barctl.nodes.stage"),
 }

@@ -8,6 +8,7 @@ from typing import Any
 from barctl.graph import canonical_json
 from barctl.nodes import NodeContext
 from barctl.nodes.router import ROUTER_FILE
+from barctl.results import AVERAGE, eval_scores, routing_shares
 
 
 def run(ctx: NodeContext) -> dict[str, Any]:
@@ -54,9 +55,26 @@ model = AutoModelForCausalLM.from_pretrained("{recipe.output['dir']}")
 - Lock digest of the built nodes: `{lock_digest}`
 - Export node key: `{ctx.node.key}`
 
-## Manifest
+{evaluation_section(ctx)}## Manifest
 
 ```yaml
 {recipe.text.rstrip()}
 ```
 """
+
+
+def evaluation_section(ctx: NodeContext) -> str:
+    """The evaluation table (models as rows, domains and their average as columns) and routing shares."""
+    scores = eval_scores(ctx.upstream)
+    if not scores:
+        return ""
+    domains = [*ctx.recipe.evals["domains"], AVERAGE]
+    lines = ["## Evaluation", "", "| model | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+    lines += [f"| {model} | " + " | ".join(f"{row[d]:.3f}" for d in domains) + " |" for model, row in scores.items()]
+    shares = routing_shares(ctx.upstream)
+    if shares:
+        slots = ["anchor", *(e.name for e in ctx.recipe.experts)]
+        lines += ["", "Share of routing weight per expert on each domain's evaluation data (merged model, "
+                  "mean over layers):", "", "| domain | " + " | ".join(slots) + " |", "|---" * (len(slots) + 1) + "|"]
+        lines += [f"| {domain} | " + " | ".join(f"{s:.1%}" for s in row) + " |" for domain, row in shares.items()]
+    return "\n".join(lines) + "\n\n"

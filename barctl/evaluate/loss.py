@@ -1,0 +1,78 @@
+"""Negative log-likelihood of a model on the target tokens of text, prompt-completion or chat data.
+
+Rows are tokenized as TRL's SFT trainer tokenizes them, so that the numbers compare with
+training losses: plain text and plain completions end with the end-of-sequence token,
+a conversation goes through the chat template, and a completion starts where the
+tokenized prompt and prompt + completion diverge. Sequences keep their first
+`max_length` tokens, as in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl.data_utils import common_prefix_length
+
+from barctl.errors import BarctlError
+from barctl.evaluate.batching import chunks, pad, pad_token_id, padded_batch
+from barctl.evaluate.generate import Prompt, encode_prompt
+from barctl.stages.sft import split_last_turn
+
+IGNORE = -100  # label of a context token, which the loss does not count
+
+
+def token_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], fmt: str, *,
+               batch_size: int, max_length: int, progress: Callable[[int], None]) -> dict[str, Any]:
+    """Mean negative log-likelihood per target token of `rows` in format `fmt`.
+
+    Targets: every token of `text` after the first, end-of-sequence included; the
+    completion of `prompt_completion`; the last assistant turn of `messages` (earlier
+    turns are context, as in barctl's SFT).
+    Returns `loss`, `tokens` (targets counted) and `truncated` (rows cut to `max_length`).
+    `progress` gets the number of rows done after each batch.
+    """
+    examples = [targets(tokenizer, row, fmt) for row in rows]
+    truncated = sum(len(ids) > max_length for ids, _ in examples)
+    examples = [(ids[:max_length], labels[:max_length]) for ids, labels in examples]
+    pad_id = pad_token_id(tokenizer)
+    nll, tokens, done = 0.0, 0, 0
+    model.eval()
+    with torch.inference_mode():
+        for batch in chunks(examples, batch_size):
+            input_ids, mask = padded_batch([ids for ids, _ in batch], pad_id, "right", model.device)
+            labels = pad([lab for _, lab in batch], IGNORE, "right", model.device)[:, 1:]
+            logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+            nll += F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum").item()
+            tokens += int((labels != IGNORE).sum())
+            done += len(batch)
+            progress(done)
+    if not tokens:
+        raise BarctlError(f"loss: no target tokens to score in {len(rows)} rows (max_length {max_length})")
+    return {"loss": nll / tokens, "tokens": tokens, "truncated": truncated}
+
+
+def targets(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any], fmt: str) -> tuple[list[int], list[int]]:
+    """Token ids of one row and its labels: the id where the loss counts, IGNORE where it does not."""
+    if fmt == "text":
+        ids = tokenizer(_with_eos(tokenizer, row["text"]))["input_ids"]
+        return ids, list(ids)
+    if fmt == "messages":
+        row = split_last_turn(row)
+    full_ids = _full_ids(tokenizer, row["prompt"], row["completion"])
+    start = common_prefix_length(encode_prompt(tokenizer, row["prompt"]), full_ids)
+    return full_ids, [IGNORE] * start + full_ids[start:]
+
+
+def _full_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, completion: Prompt) -> list[int]:
+    if isinstance(prompt, str):
+        return tokenizer(prompt + _with_eos(tokenizer, completion))["input_ids"]
+    return tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
+
+
+def _with_eos(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+    eos = tokenizer.eos_token
+    return text if eos is None or text.endswith(eos) else text + eos

@@ -1,0 +1,79 @@
+"""`eval.<model>`: one model (the anchor, an expert, the merged MoE) scored on every declared domain.
+
+The artifact's `results.json` keeps everything (sample completions, per-layer routing);
+the lock gets the scores, the average and the merged model's mean routing shares.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from barctl.nodes import NodeContext
+from barctl.results import average
+
+
+def run(ctx: NodeContext) -> dict[str, Any]:
+    import datasets
+
+    from barctl.evaluate import evaluate_domain, routing_shares
+    from barctl.stages.router import row_text
+
+    datasets.disable_progress_bars()
+    model, tokenizer = load_model(ctx)
+    results: dict[str, Any] = {}
+    routing: dict[str, Any] = {}
+    for domain, spec in ctx.config["domains"].items():
+        rows = eval_rows(ctx, spec)
+        limits = spec["generation"]
+        ctx.say(f"{domain}: {spec['metric']} on {len(rows)} rows")
+        results[domain] = evaluate_domain(
+            model, tokenizer, rows, spec["metric"], max_new_tokens=limits["max_new_tokens"],
+            batch_size=limits["batch_size"], max_length=limits["max_length"], say=ctx.say,
+        )
+        if ctx.config.get("routing_report"):
+            routing[domain] = routing_shares(model, tokenizer, [row_text(tokenizer, row) for row in rows],
+                                             batch_size=limits["batch_size"], max_length=limits["max_length"])
+    (ctx.out / "results.json").write_text(json.dumps({"domains": results, "routing": routing}, indent=2) + "\n")
+    summary = {domain: {k: v for k, v in result.items() if k != "samples"} for domain, result in results.items()}
+    metrics: dict[str, Any] = {"domains": summary,
+                               "average": average({d: r["score"] for d, r in results.items()})}
+    if routing:
+        metrics["routing"] = {domain: [round(share, 4) for share in shares["mean"]]
+                              for domain, shares in routing.items()}
+    return metrics
+
+
+def load_model(ctx: NodeContext):
+    """The evaluated model in float32 (on the GPU when there is one) and its tokenizer."""
+    import torch
+
+    from barctl.stages.common import load_model as load_checkpoint
+
+    model_name = ctx.config["model"]
+    if model_name == "anchor":
+        model, tokenizer = load_checkpoint(ctx.inputs["base"] / "anchor")
+    elif model_name == "merged":
+        from barctl.model.router import load_router
+        from barctl.nodes.router import ROUTER_FILE
+
+        model, tokenizer = load_checkpoint(ctx.inputs["merge"])
+        load_router(model, ctx.inputs["router"] / ROUTER_FILE)
+    else:
+        model, tokenizer = load_checkpoint(ctx.inputs[ctx.node.inputs[0]])
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return model.eval(), tokenizer
+
+
+def eval_rows(ctx: NodeContext, spec: dict[str, Any]):
+    """The domain's dataset in canonical columns, cut to its `limit`."""
+    from barctl.data.load import load_dataset_spec
+
+    dataset_spec = dict(ctx.recipe.datasets[spec["dataset"]])
+    if dataset_spec.get("path"):
+        dataset_spec["path"] = str(ctx.recipe.resolve(dataset_spec["path"]))
+    rows = load_dataset_spec(dataset_spec)
+    if spec["limit"] is not None:
+        rows = rows.select(range(min(spec["limit"], len(rows))))
+    return rows

@@ -1,0 +1,176 @@
+"""Evaluations and gates through real tiny projects: the table, the lock, the model card, `barctl eval`,
+what an expert change rebuilds, and a failing gate that stops the export but keeps every artifact."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from barctl.gates import gate_failures
+from tests.projects import apply, barctl, make_project, plan_json, tiny_manifest, write_manifest
+
+CHATS = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
+                       {"role": "assistant", "content": f"The answer is {a + b}."}]} for a in range(5) for b in range(4)]
+MATH = [{"prompt": [{"role": "user", "content": f"What is {a} + 1?"}], "answer": str(a + 1)} for a in range(6)]
+HELDOUT = [{"text": f"Number {i} is {'even' if i % 2 == 0 else 'odd'}."} for i in range(6)]
+FAST = {"learning_rate": 1e-2, "batch_size": 4, "max_steps": 2, "max_length": 64}
+DATASETS = {"chat": {"path": "chat.jsonl", "format": "messages"},
+            "math_eval": {"path": "math_eval.jsonl", "format": "prompt"},
+            "heldout": {"path": "heldout.jsonl", "format": "text"}}
+EVALS = {"generation": {"max_new_tokens": 4, "batch_size": 4, "max_length": 64},
+         "domains": {"math": {"dataset": "math_eval", "metric": "math_answer", "limit": 4},
+                     "general": {"dataset": "heldout", "metric": "loss"}}}
+MODELS = ["anchor", "experts.math", "experts.code", "merged"]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def evaluated_project(root: Path, tokenizer_dir: Path, **top) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("chat", CHATS), ("math_eval", MATH), ("heldout", HELDOUT)):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stage = {"kind": "sft", "mix": {"sources": [{"dataset": "chat", "count": 8}]}, "training": FAST}
+    manifest = tiny_manifest({"math": {"stages": [stage]}, "code": {"stages": [stage]}},
+                             **{"datasets": DATASETS, "evals": EVALS, **top})
+    return make_project(root, tokenizer_dir, manifest)
+
+
+def lock(manifest: Path) -> dict:
+    return json.loads(barctl("show", manifest, "--json").output)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tokenizer_dir):
+    manifest = evaluated_project(tmp_path_factory.mktemp("evals"), tokenizer_dir,
+                                 gates=[{"model": "merged", "at_least": 0.0, "domains": ["average"]}])
+    return manifest, apply(manifest)
+
+
+def test_apply_prints_the_table_and_records_scores(built):
+    manifest, result = built
+    assert "Evaluation (higher is better)" in result.output
+    for model in MODELS:
+        assert model in result.output
+    entries = lock(manifest)
+    for node, model in zip(["eval.anchor", "eval.experts.math", "eval.experts.code", "eval.merged"], MODELS):
+        metrics = entries[node]["metrics"]
+        assert entries[node]["config"]["model"] == model
+        assert metrics["domains"]["math"]["n"] == 4 and 0 <= metrics["domains"]["math"]["score"] <= 1
+        general = metrics["domains"]["general"]
+        assert general["score"] == pytest.approx(torch.exp(torch.tensor(-general["loss"])).item(), rel=1e-5)
+        assert metrics["average"] == pytest.approx((metrics["domains"]["math"]["score"] + general["score"]) / 2)
+        assert "samples" not in metrics["domains"]["math"]  # they stay in the artifact's results.json
+    shares = entries["eval.merged"]["metrics"]["routing"]
+    assert shares.keys() == {"math", "general"}
+    assert all(len(row) == 3 and sum(row) == pytest.approx(1, abs=1e-3) for row in shares.values())
+    assert entries["gates"]["metrics"]["passed"] == ["merged >= 0 on average"]
+
+
+def test_model_card_carries_the_table(built):
+    manifest, _ = built
+    card = (manifest.parent / "out" / "moe" / "README.md").read_text()
+    assert "| model | math | general | average |" in card
+    assert all(f"| {model} |" in card for model in MODELS)
+    assert "| domain | anchor | math | code |" in card
+
+
+def test_barctl_eval_on_a_built_project_only_prints(built):
+    manifest, _ = built
+    result = barctl("eval", manifest)
+    assert result.exit_code == 0, result.output
+    assert "No changes" in result.output and "Evaluation (higher is better)" in result.output
+    scores = json.loads(barctl("eval", manifest, "--json").output)["scores"]
+    assert set(scores) == set(MODELS) and set(scores["merged"]) == {"math", "general", "average"}
+
+
+def test_changing_one_expert_rebuilds_its_chain_and_evaluations_only(built):
+    manifest, _ = built
+    original = manifest.read_text()
+    document = yaml.safe_load(original)
+    document["experts"]["code"]["stages"][0]["training"]["learning_rate"] = 0.02
+    write_manifest(manifest, document)
+    try:
+        actions = plan_json(manifest)
+    finally:
+        manifest.write_text(original)
+    changed = {node for node, a in actions.items() if a["action"] != "keep"}
+    assert changed == {"experts.code.sft", "merge", "router", "eval.experts.code", "eval.merged", "gates", "export"}
+
+
+def test_a_failing_gate_fails_apply_keeps_artifacts_and_holds_the_export(tmp_path, tokenizer_dir):
+    gate = {"name": "merged-is-perfect", "model": "merged", "at_least": 1.0, "domains": ["general"]}
+    manifest = evaluated_project(tmp_path, tokenizer_dir, evals={**EVALS, "models": ["merged"]}, gates=[gate])
+    result = barctl("apply", manifest, "--auto-approve")
+    assert result.exit_code == 1
+    assert "gate 'merged-is-perfect' failed on general: merged scored" in result.output
+    assert "below the threshold 1.0000" in result.output and "Traceback" not in result.output
+    assert "Evaluation (higher is better)" in result.output  # the scores that failed it are shown
+    entries = lock(manifest)
+    assert {"experts.math.sft", "experts.code.sft", "merge", "router", "eval.merged"} <= entries.keys()
+    assert "gates" not in entries and "export" not in entries
+    assert not (tmp_path / "out" / "moe").exists()
+    assert {n: a["action"] for n, a in plan_json(manifest).items() if a["action"] != "keep"} == {
+        "gates": "create", "export": "create"}
+
+
+SCORES = {"anchor": {"math": 0.5, "code": 0.4, "average": 0.45},
+          "experts.math": {"math": 0.7, "code": 0.3, "average": 0.5},
+          "merged": {"math": 0.65, "code": 0.4, "average": 0.525}}
+
+
+@pytest.mark.parametrize("gate, failures", [
+    ({"model": "merged", "at_least": "anchor", "domains": ["math", "code", "average"]}, []),
+    ({"model": "merged", "at_least": "own_expert", "domains": ["math"]},
+     ["gate 'g' failed on math: merged scored 0.6500, below experts.math 0.7000"]),
+    ({"model": "merged", "at_least": "own_expert", "domains": ["math"], "tolerance": 0.05}, []),
+    ({"model": "merged", "at_least": 0.5, "domains": ["code", "average"]},
+     ["gate 'g' failed on code: merged scored 0.4000, below the threshold 0.5000"]),
+    ({"model": "experts.math", "at_least": "anchor", "domains": ["code"], "tolerance": 0.05},
+     ["gate 'g' failed on code: experts.math scored 0.3000, below anchor 0.4000 - 0.05"]),
+])
+def test_gate_conditions(gate, failures):
+    assert gate_failures([{"name": "g", "tolerance": 0, **gate}], SCORES) == failures
+
+
+def test_gate_at_equality_passes_despite_float_noise():
+    scores = {"merged": {"math": 0.1 + 0.2}, "anchor": {"math": 0.3}}
+    assert gate_failures([{"name": "g", "model": "merged", "at_least": "anchor", "domains": ["math"],
+                           "tolerance": 0}], scores) == []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"evals": {"domains": {"math": {"dataset": "math_evl", "metric": "math_answer"}}}},
+     "unknown dataset 'math_evl' (did you mean 'math_eval'?)"),
+    ({"evals": {"domains": {"math": {"dataset": "heldout", "metric": "math_answer"}}}},
+     "dataset 'heldout' has format text; metric math_answer needs prompt"),
+    ({"evals": {"domains": {"math": {"dataset": "math_eval", "metric": "accuracy"}}}}, "'accuracy' is not one of"),
+    ({"gates": [{"model": "merged", "at_least": "anchor", "domains": ["mth"]}]},
+     "unknown domain 'mth' (did you mean 'math'?)"),
+    ({"gates": [{"model": "experts.maths", "at_least": "anchor"}]}, "unknown expert 'maths'"),
+    ({"evals": {**EVALS, "models": ["merged"]}, "gates": [{"model": "merged", "at_least": "anchor"}]},
+     "anchor is not evaluated: add 'anchor' to evals.models"),
+    ({"evals": None, "gates": [{"model": "merged", "at_least": 0.5}]}, "gates compare evaluation results"),
+])
+def test_eval_and_gate_mistakes_are_reported_with_their_place(tmp_path, tokenizer_dir, change, message):
+    manifest = evaluated_project(tmp_path, tokenizer_dir)
+    document = {**yaml.safe_load(manifest.read_text()), **change}
+    if document["evals"] is None:
+        del document["evals"]
+    write_manifest(manifest, document)
+    result = barctl("validate", manifest)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert re.search(r"bar\.yaml:\d+:\d+: (evals|gates)", result.output) and "Traceback" not in result.output
+
+
+def test_plan_names_a_missing_answer_column(tmp_path, tokenizer_dir):
+    manifest = evaluated_project(tmp_path, tokenizer_dir)
+    (tmp_path / "math_eval.jsonl").write_text(json.dumps({"prompt": "What is 1 + 1?", "solution": "2"}) + "\n")
+    result = barctl("plan", manifest)
+    assert result.exit_code == 1
+    assert "column 'answer' is missing; columns are: prompt, solution" in result.output
