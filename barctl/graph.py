@@ -19,10 +19,10 @@ from barctl.recipe import Recipe, Stage
 KIND_VERSIONS = {
     "base": 1,
     "branch": 1,
-    "midtrain": 1,
-    "sft": 1,
-    "dpo": 1,
-    "grpo": 1,
+    "midtrain": 2,
+    "sft": 2,
+    "dpo": 2,
+    "grpo": 2,
     "merge": 1,
     "router": 1,
     "eval": 1,
@@ -165,38 +165,40 @@ def router_config(recipe: Recipe) -> dict[str, Any]:
 
 def _add_evals(b: "_Builder", recipe: Recipe, fingerprints: "Fingerprints", base: str,
                expert_heads: dict[str, str], merge: str, router: str) -> list[str]:
-    """One eval node per evaluated model (anchor, each expert, merged), in that order."""
-    evals = recipe.evals
-    if not evals:
+    """One eval node per evaluated model (the anchor, each expert's last stage, the merged model)."""
+    if not recipe.evals:
         return []
+    domains = recipe.evals["domains"]
     data = {name: fingerprints.dataset(recipe.datasets[name])
-            for name in sorted({d["dataset"] for d in evals["domains"].values()})}
-    config = {"domains": evals["domains"]}
+            for name in sorted({d["dataset"] for d in domains.values()})}
     nodes = []
-    if "anchor" in evals["models"]:
-        nodes.append(b.add("eval.anchor", "eval", {"model": "anchor", **config}, [base], data))
-    if "experts" in evals["models"]:
-        for expert, head in expert_heads.items():
-            nodes.append(b.add(f"eval.experts.{expert}", "eval", {"model": f"experts.{expert}", **config},
-                               [head], data))
-    if "merged" in evals["models"]:
-        nodes.append(b.add("eval.merged", "eval",
-                           {"model": "merged", **config, "routing_report": evals["routing_report"]},
-                           [merge, router], data))
+    for node_id, model in evaluated_models(recipe):
+        config: dict[str, Any] = {"model": model, "domains": domains}
+        if model == "anchor":
+            inputs = [base]
+        elif model == "merged":
+            inputs = [merge, router]
+            config["routing_report"] = recipe.evals["routing_report"]
+        else:
+            inputs = [expert_heads[model.removeprefix("experts.")]]
+        nodes.append(b.add(node_id, "eval", config, inputs, data))
     return nodes
+
+
+def evaluated_models(recipe: Recipe) -> list[tuple[str, str]]:
+    """(node id, model) for every model the recipe evaluates, in the order of BAR's table."""
+    models = recipe.evals["models"] if recipe.evals else []
+    pairs = [("eval.anchor", "anchor")] if "anchor" in models else []
+    if "experts" in models:
+        pairs += [(f"eval.experts.{e.name}", f"experts.{e.name}") for e in recipe.experts]
+    if "merged" in models:
+        pairs.append(("eval.merged", "merged"))
+    return pairs
 
 
 def eval_node_ids(recipe: Recipe) -> list[str]:
     """The evaluation nodes (and the gates) of a recipe: `barctl eval`'s targets."""
-    evals = recipe.evals
-    if not evals:
-        return []
-    ids = ["eval.anchor"] if "anchor" in evals["models"] else []
-    if "experts" in evals["models"]:
-        ids += [f"eval.experts.{e.name}" for e in recipe.experts]
-    if "merged" in evals["models"]:
-        ids.append("eval.merged")
-    return ids + (["gates"] if recipe.gates else [])
+    return [node_id for node_id, _ in evaluated_models(recipe)] + (["gates"] if recipe.gates else [])
 
 
 def stage_config(stage: Stage) -> dict[str, Any]:

@@ -25,6 +25,7 @@ FORMATS = {
     "math_text": "text",
     "math_sft": "messages",
     "math_rl": "prompt",
+    "math_pref": "preference",
     "math_eval": "prompt",
     "code_text": "text",
     "code_sft": "messages",
@@ -107,6 +108,7 @@ def test_row_counts_follow_the_constants(out, prepare):
     assert counts["math_sft"] == prepare.MATH_SFT_ROWS
     assert counts["math_rl"] == prepare.MATH_RL_ROWS
     assert counts["math_eval"] == prepare.MATH_EVAL_ROWS
+    assert counts["math_pref"] == prepare.MATH_PREF_ROWS
     assert counts["code_text"] == prepare.CODE_TEXT_ROWS
     assert counts["code_sft"] == prepare.CODE_SFT_ROWS
     assert counts["code_eval"] == prepare.CODE_EVAL_ROWS
@@ -159,6 +161,10 @@ def test_math_solutions_earn_the_math_reward(out, prepare):
     assert math_answer(questions, replies, wrong) == [0.0] * len(sft)
     for name in ("math_rl", "math_eval"):
         assert all(as_number(normalize(r["answer"])) is not None for r in rows(out, name))
+    pairs = rows(out, "math_pref")
+    chosen_answers = [solutions[r["prompt"][0]["content"]][1] for r in pairs]
+    assert math_answer(None, [r["chosen"] for r in pairs], chosen_answers) == [1.0] * len(pairs)
+    assert math_answer(None, [r["rejected"] for r in pairs], chosen_answers) == [0.0] * len(pairs)
     for row in rows(out, "math_text"):
         question = row["text"].removeprefix("Problem:\n").split("\n\nSolution:\n", 1)[0]
         assert row["text"].endswith(solutions[question][0])

@@ -115,6 +115,8 @@ def test_midtrain_trains_expert_and_router_only(project, tmp_path):
         assert torch.equal(before[name], after[name]) != trains, name
     assert not any(ctx.work.iterdir())  # checkpoints removed after success
     assert (ctx.out / "tokenizer.json").exists()
+    # TRL switches router logits on to train; a checkpoint saved so would break later generation (GRPO, evals)
+    assert json.loads((ctx.out / "config.json").read_text())["output_router_logits"] is False
 
 
 @pytest.mark.parametrize("model", ["moe", "moe-olmo"])

@@ -55,7 +55,9 @@ def train_stage(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, An
     with CheckpointReader(input_dir) as reader:
         dtype = reader.dtype_of(reader.names()[0])
     if trainer.accelerator.is_main_process:  # under `accelerate launch`, one process saves
-        trainer.accelerator.unwrap_model(trainer.model).to(dtype).save_pretrained(ctx.out)
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+        common.stop_router_logits(trained)
+        trained.to(dtype).save_pretrained(ctx.out)
         tokenizer.save_pretrained(ctx.out)
         check_anchor_slot(ctx.out, input_dir)
         common.clear(ctx.work)

@@ -36,12 +36,23 @@ def on_cpu() -> bool:
 
 
 def load_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The checkpoint in float32 (training keeps fp32 master weights; bf16/fp16 run as autocast) and its tokenizer."""
+    """The checkpoint in float32 (training keeps fp32 master weights; bf16/fp16 run as autocast) and its tokenizer.
+
+    A MoE comes back with `output_router_logits` off: TRL's trainers switch it on for their
+    own forward passes, and a checkpoint saved with it on makes generation (GRPO's, an
+    evaluation's) compute the balancing loss against a cached prompt's mask, and fail.
+    """
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    stop_router_logits(model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def stop_router_logits(model: PreTrainedModel) -> None:
+    if hasattr(model.config, "output_router_logits"):
+        model.config.output_router_logits = False
 
 
 def stage_dataset(recipe: Recipe, mix: dict[str, Any]) -> datasets.Dataset:

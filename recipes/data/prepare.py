@@ -62,6 +62,7 @@ MATH_TEXT_ROWS = 800
 MATH_SFT_ROWS = 800
 MATH_RL_ROWS = 400
 MATH_EVAL_ROWS = 48
+MATH_PREF_ROWS = 200  # DPO pairs: the first math_sft rows, chosen as is, rejected with a wrong final answer
 CODE_TEXT_ROWS = 280
 CODE_SFT_ROWS = 200
 CODE_EVAL_ROWS = 40
@@ -447,7 +448,18 @@ def build_math() -> tuple[dict[str, list[dict]], list[dict]]:
             {"prompt": user(q), "answer": ans, "source": generator} for q, _, ans in evals[generator]
         ]
     word_problems = [chat(q, s) for q, s, _ in shuffled(train["gsm_symbolic"], TRAIN_SEED)[text_n["gsm_symbolic"] :]]
-    return {name: shuffled(rows, TRAIN_SEED) for name, rows in files.items()}, word_problems
+    files = {name: shuffled(rows, TRAIN_SEED) for name, rows in files.items()}
+    files["math_pref"] = [preference_pair(row) for row in files["math_sft"][:MATH_PREF_ROWS]]
+    return files, word_problems
+
+
+def preference_pair(row: dict) -> dict:
+    """A DPO pair from an SFT row: the worked solution, and the same solution ending in an answer one too high."""
+    question, solution = row["messages"][0]["content"], row["messages"][1]["content"]
+    head, _, answer = solution.rstrip(".").rpartition("The answer is ")
+    wrong = f"{head}The answer is {_number(Fraction(answer) + 1)}."
+    return {"prompt": user(question), "chosen": [{"role": "assistant", "content": solution}],
+            "rejected": [{"role": "assistant", "content": wrong}]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -756,6 +768,8 @@ def build() -> dict[str, list[dict]]:
     problems = overlaps(files)
     if problems:
         raise SystemExit("prepare.py: evaluation items overlap training items:\n" + "\n".join(problems))
+    # Shuffled, so that an evaluation's `limit` (its first rows) mixes every category.
+    files |= {name: shuffled(rows, EVAL_SEED) for name, rows in files.items() if name.endswith("_eval")}
     return dict(sorted(files.items()))
 
 
