@@ -86,9 +86,13 @@ def tensors(model_dir: Path) -> dict[str, torch.Tensor]:
 class Log(TrainerCallback):
     def __init__(self):
         self.entries: list[dict] = []
+        self.saved_at: list[int] = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.entries.append(dict(logs or {}))
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saved_at.append(state.global_step)
 
 
 def run_stage(ctx: NodeContext, *callbacks) -> tuple[dict, list[dict]]:
@@ -102,8 +106,10 @@ def values(entries: list[dict], key: str) -> list[float]:
 
 
 def test_midtrain_trains_expert_and_router_only(project, tmp_path):
-    ctx = make_context(project, "midtrain", "text", tmp_path, max_steps=20, learning_rate=3e-2)
-    metrics, log = run_stage(ctx)
+    ctx = make_context(project, "midtrain", "text", tmp_path, max_steps=20, learning_rate=3e-2, save_steps=8)
+    saves = Log()
+    metrics, log = run_stage(ctx, saves)
+    assert saves.saved_at == [8, 16]  # resumable checkpoints, but none at the end: the stage saves the model itself
     losses = values(log, "loss")
     assert losses[-1] < 0.9 * losses[0], losses
     assert metrics["steps"] == 20 and metrics["tokens"] > 0 and metrics["train_loss"] == losses[-1]

@@ -165,6 +165,15 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
+class SkipFinalCheckpoint(TrainerCallback):
+    """No resumable checkpoint at the last step: barctl saves the trained model itself and then
+    clears the work directory, so that checkpoint (weights and optimiser state) would only cost time."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = False
+
+
 class RestoreAnchor(TrainerCallback):
     """Writes the anchor slot back right after each optimiser step (see barctl.model.freezing)."""
 
@@ -203,6 +212,7 @@ def train(trainer: Trainer, say: Callable[[str], None]) -> None:
     """Train, resuming from the newest complete checkpoint in the trainer's output directory."""
     for callback in (PrinterCallback, ProgressCallback):  # barctl reports progress itself
         trainer.remove_callback(callback)
+    trainer.add_callback(SkipFinalCheckpoint())
     checkpoint = last_checkpoint(Path(trainer.args.output_dir))
     if checkpoint is not None:
         say(f"resuming from {checkpoint.name}")
