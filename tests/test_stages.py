@@ -186,10 +186,10 @@ def test_dpo_reference_is_a_separate_frozen_model_without_hooks(project, tmp_pat
     trainer = dpo.build_trainer(ctx.config, model, tokenizer, common.stage_dataset(ctx.recipe, ctx.config["mix"]),
                                 tmp_path / "trainer")
     assert trainer.ref_model is not None and trainer.ref_model is not model
-    assert not any(param._backward_hooks for param in trainer.ref_model.parameters())
+    assert not any(param._post_accumulate_grad_hooks for param in trainer.ref_model.parameters())
     optimised = {id(p) for group in trainer.create_optimizer().param_groups for p in group["params"]}
     assert not optimised & {id(p) for p in trainer.ref_model.parameters()}
-    assert model.model.layers[0].mlp.experts.down_proj._backward_hooks  # the policy has them
+    assert model.model.layers[0].mlp.experts.down_proj._post_accumulate_grad_hooks  # the policy has them
 
 
 def test_grpo_raises_the_reward(project, tmp_path):

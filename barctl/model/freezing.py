@@ -6,7 +6,7 @@ Groups (Mixtral and FlexOlmo names, as `from_pretrained` gives them):
 final norm); `all` is every group.
 
 All experts of a layer share one tensor, so slot 0 (the anchor's FFN) cannot be frozen
-with `requires_grad`. It is protected twice: a gradient hook zeroes its gradient (so
+with `requires_grad`. It is protected twice: a post-accumulation hook zeroes its gradient (so
 clipping and Adam's moments never see it), and `AnchorGuard` writes it back after every
 optimiser step, because AdamW's decoupled weight decay shrinks it even with a zero
 gradient. `check_anchor_slot` then verifies it bitwise.
@@ -90,7 +90,7 @@ def apply_trainable(model: nn.Module, groups: Iterable[str]) -> dict[str, int]:
         if not trains:
             continue
         if owners == {"expert"}:
-            param.register_hook(_zero_slot0)
+            param.register_post_accumulate_grad_hook(_zero_slot0)
             counts["expert"] += param.numel() // param.shape[0] * (param.shape[0] - 1)
         else:
             counts[next(g for g in GROUPS if g in owners & chosen)] += param.numel()
@@ -102,10 +102,10 @@ def _is_tied(model: nn.Module) -> bool:
     return output is not None and output.weight is model.get_input_embeddings().weight
 
 
-def _zero_slot0(grad: torch.Tensor) -> torch.Tensor:
-    grad = grad.clone()
-    grad[0] = 0
-    return grad
+def _zero_slot0(param: torch.Tensor) -> None:
+    # After accumulation, in place: no copy of the whole (all slots) gradient per step, and it
+    # still runs before gradient clipping, so slot 0 never counts in the gradient norm.
+    param.grad[0].zero_()
 
 
 class AnchorGuard:
