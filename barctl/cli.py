@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -11,6 +12,11 @@ from rich.markup import escape
 
 from barctl import __version__
 from barctl.errors import BarctlError, ManifestError
+
+if TYPE_CHECKING:
+    from barctl.apply import ApplyResult
+    from barctl.plan import Plan
+    from barctl.project import Project
 
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -141,7 +147,8 @@ def evaluate(manifest: Path, auto_approve: bool, as_json: bool) -> None:
         _print_evaluations(project)
 
 
-def _apply(manifest: Path, saved, targets: list[str], replace: list[str], auto_approve: bool, quiet: bool):
+def _apply(manifest: Path, saved: "Plan | None", targets: list[str], replace: list[str], auto_approve: bool,
+           quiet: bool) -> "tuple[Project, ApplyResult]":
     """Plan (or take the saved plan), ask, run; print the evaluations (also when a node failed)."""
     from barctl.apply import ApplyResult, apply_plan, check_plan_is_current
     from barctl.lock import StateLock
@@ -173,7 +180,7 @@ def _apply(manifest: Path, saved, targets: list[str], replace: list[str], auto_a
     return project, result
 
 
-def _print_evaluations(project, only_if_run=None) -> None:
+def _print_evaluations(project: "Project", only_if_run: "Plan | None" = None) -> None:
     from barctl.render import print_evaluations
 
     recipe = project.recipe
