@@ -6,7 +6,6 @@ stays fast and a refusal (an unsupported family, a missing column) comes before 
 
 from __future__ import annotations
 
-from typing import Any
 
 from barctl.data.inspect import check_dataset
 from barctl.errors import BarctlError, Issue, UnsupportedModel
@@ -55,10 +54,7 @@ def _data_issues(recipe: Recipe) -> list[Issue]:
         required.setdefault(domain["dataset"], set()).update(EVAL_COLUMNS[domain["metric"]])
     issues = []
     for name in sorted(required):
-        spec: dict[str, Any] = dict(recipe.datasets[name])
-        if "path" in spec:
-            spec["path"] = str(recipe.resolve(spec["path"]))
-        problems = check_dataset(spec, tuple(sorted(required[name])))
+        problems = check_dataset(recipe.dataset_spec(name), tuple(sorted(required[name])))
         issues += [recipe.issue(("datasets", name), problem) for problem in problems]
     return issues
 

@@ -105,6 +105,13 @@ class Recipe:
             resolved["random"] = random
         return resolved
 
+    def dataset_spec(self, name: str) -> dict[str, Any]:
+        """The dataset called `name`, its local `path` (if any) made absolute, for the loaders."""
+        spec = dict(self.datasets[name])
+        if spec.get("path"):
+            spec["path"] = str(self.resolve(spec["path"]))
+        return spec
+
     def issue(self, path: tuple, message: str) -> Issue:
         """An Issue located at a YAML path of this manifest."""
         return self.document.issue(path, message)
@@ -377,8 +384,8 @@ def _evals_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
             wanted = " or ".join(EVAL_FORMATS[metric])
             issues.append(loaded.issue(where + ("dataset",),
                 f"dataset '{name}' has format {datasets[name]['format']}; metric {metric} needs {wanted}"))
-    if domain_clash := sorted(set(evals["domains"]) & {"average"}):
-        issues.append(loaded.issue(("evals", "domains", domain_clash[0]),
+    if "average" in evals["domains"]:
+        issues.append(loaded.issue(("evals", "domains", "average"),
             "'average' is the name of the column of means; give the domain another name", at_key=True))
     return issues
 

@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from barctl.model.checkpoint import CheckpointReader
 from barctl.model.router import mean_ffn_inputs, router_names
-from barctl.stages.router import as_prompt_completion, row_text
+from barctl.data.text import row_text
+from barctl.stages.router import as_prompt_completion
 from tests.projects import apply, barctl, make_project, plan_json, tiny_manifest, write_manifest
 
 CHATS = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},

@@ -17,7 +17,7 @@ def run(ctx: NodeContext) -> dict[str, Any]:
     import datasets
 
     from barctl.evaluate import evaluate_domain, routing_shares
-    from barctl.stages.router import row_text
+    from barctl.data.text import row_text
 
     datasets.disable_progress_bars()
     model, tokenizer = load_model(ctx)
@@ -70,10 +70,7 @@ def eval_rows(ctx: NodeContext, spec: dict[str, Any]):
     """The domain's dataset in canonical columns, cut to its `limit`."""
     from barctl.data.load import load_dataset_spec
 
-    dataset_spec = dict(ctx.recipe.datasets[spec["dataset"]])
-    if dataset_spec.get("path"):
-        dataset_spec["path"] = str(ctx.recipe.resolve(dataset_spec["path"]))
-    rows = load_dataset_spec(dataset_spec)
+    rows = load_dataset_spec(ctx.recipe.dataset_spec(spec["dataset"]))
     if spec["limit"] is not None:
         rows = rows.select(range(min(spec["limit"], len(rows))))
     return rows

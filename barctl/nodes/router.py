@@ -59,7 +59,8 @@ def init_texts(ctx: NodeContext, anchor: Path) -> list[list[str]]:
     """Per expert, the texts whose hidden states make its router row."""
     from transformers import AutoTokenizer
 
-    from barctl.stages.router import chat_text, expert_texts
+    from barctl.data.text import chat_text
+    from barctl.stages.router import expert_texts
 
     recipe, config = ctx.recipe, ctx.config
     tokenizer = AutoTokenizer.from_pretrained(anchor)
@@ -73,6 +74,7 @@ def init_texts(ctx: NodeContext, anchor: Path) -> list[list[str]]:
 def train_router(ctx: NodeContext, init_file: Path, out_file: Path) -> dict[str, Any]:
     import datasets
 
+    from barctl.graph import resolved_top_k
     from barctl.model.freezing import apply_trainable
     from barctl.model.router import load_router, save_router
     from barctl.stages import common, router
@@ -82,7 +84,7 @@ def train_router(ctx: NodeContext, init_file: Path, out_file: Path) -> dict[str,
     model, tokenizer = common.load_model(merged)
     load_router(model, init_file)
     counts = apply_trainable(model, ["router"])
-    if train["aux_loss_weight"] > 0 and model.config.num_experts_per_tok >= _num_experts(model.config):
+    if train["aux_loss_weight"] > 0 and resolved_top_k(ctx.recipe) == len(ctx.recipe.experts) + 1:
         ctx.say("note: with every expert active (top_k all) the balancing loss is constant; it does not train")
     sample, rows = router.routing_sample(ctx.recipe, train["fraction"], ctx.config["seed"])
     ctx.say("router training sample: " + ", ".join(f"{name} {n}" for name, n in rows.items()) + " rows")
@@ -95,7 +97,3 @@ def train_router(ctx: NodeContext, init_file: Path, out_file: Path) -> dict[str,
     return {"train_loss": logged[-1] if logged else None, "sample_rows": rows, "steps": state.global_step,
             "tokens": state.num_input_tokens_seen, "train_seconds": round(time.monotonic() - started, 2),
             "trainable_parameters": counts["router"]}
-
-
-def _num_experts(config: Any) -> int:
-    return getattr(config, "num_local_experts", None) or config.num_experts

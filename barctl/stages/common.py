@@ -63,10 +63,7 @@ def stage_dataset(recipe: Recipe, mix: dict[str, Any]) -> datasets.Dataset:
     """
     loaded = {}
     for name in dict.fromkeys(source["dataset"] for source in mix["sources"]):
-        spec = dict(recipe.datasets[name])
-        if spec.get("path"):
-            spec["path"] = str(recipe.resolve(spec["path"]))
-        loaded[name] = load_dataset_spec(spec)
+        loaded[name] = load_dataset_spec(recipe.dataset_spec(name))
     return build_mix(mix, loaded)
 
 

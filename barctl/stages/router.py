@@ -14,8 +14,10 @@ import datasets
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from barctl.data.text import row_text
 from barctl.recipe import STAGE_KINDS, Expert, Recipe
 from barctl.stages import common
+from barctl.stages.sft import split_last_turn
 
 METRIC = "loss"
 
@@ -52,9 +54,7 @@ def as_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
     """An SFT row as a conversational prompt and completion (the last assistant turn), so that mixes of
     `messages` and `prompt_completion` experts train together."""
     if row.get("messages") is not None:
-        messages = row["messages"]
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        return {"prompt": messages[:last], "completion": [messages[last]]}
+        return split_last_turn(row)
     prompt, completion = row["prompt"], row["completion"]
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
@@ -72,25 +72,6 @@ def expert_texts(recipe: Recipe, expert: Expert, tokenizer: PreTrainedTokenizerB
         texts += [row_text(tokenizer, row) for row in sample_rows(mix, count, seed, expert.name)]
     generator = np.random.default_rng([seed, *expert.name.encode()])
     return [texts[i] for i in sorted(generator.choice(len(texts), size=min(count, len(texts)), replace=False))]
-
-
-def row_text(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any]) -> str:
-    """The text of a row of any barctl format, chat template applied to conversations."""
-    if row.get("text") is not None:
-        return row["text"]
-    if row.get("messages") is not None:
-        return chat_text(tokenizer, row["messages"])
-    prompt = row["prompt"]
-    answer = next((row[c] for c in ("completion", "chosen") if row.get(c) is not None), None)
-    if isinstance(prompt, str):
-        return prompt + (answer if isinstance(answer, str) else "")
-    return chat_text(tokenizer, prompt + (answer or []), add_generation_prompt=answer is None)
-
-
-def chat_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    if not tokenizer.chat_template:
-        return "\n".join(str(m["content"]) for m in messages)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def train_router(model, tokenizer: PreTrainedTokenizerBase, dataset: datasets.Dataset, train: dict[str, Any],
