@@ -61,9 +61,9 @@ def make_tokenizer_dir(path: Path) -> Path:
 
 
 def _dense_config(family: str, vocab_size: int, pad: int, bos: int, eos: int, overrides: dict):
-    from transformers import LlamaConfig, MistralConfig, Olmo2Config
+    from transformers import LlamaConfig, MistralConfig, Olmo2Config, Qwen3Config
 
-    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "olmo2": Olmo2Config}[family]
+    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "olmo2": Olmo2Config, "qwen3": Qwen3Config}[family]
     kwargs = {
         **TINY_CONFIG,
         "vocab_size": vocab_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from barctl.errors import BarctlError, UnsupportedModel
@@ -50,6 +51,8 @@ class Family:
     num_experts_key: str
     extra_keys: tuple[str, ...]
     moe_defaults: tuple[tuple[str, object], ...] = ()
+    # dense config -> MoE config fields derived from it; raises UnsupportedModel when no exact form exists
+    derived: Callable[[dict], dict] | None = None
 
     def dense_ffn_name(self, layer: int, proj: str) -> str:
         return f"model.layers.{layer}.mlp.{proj}_proj.weight"
@@ -103,6 +106,8 @@ class Family:
             **{self.num_experts_key: num_experts},
             **dict(self.moe_defaults),
         )
+        if self.derived is not None:
+            config.update(self.derived(dense_config))
         return config
 
     def _expert_re(self) -> re.Pattern:
@@ -132,8 +137,54 @@ FLEX_OLMO = Family(
     moe_defaults=(("norm_topk_prob", False),),
 )
 
-FAMILIES = (MIXTRAL, FLEX_OLMO)
+
+
+def _qwen3_moe_fields(dense_config: dict) -> dict:
+    """Every layer sparse, experts as wide as the dense FFN, full attention as in the anchor."""
+    layers = num_layers(dense_config)
+    layer_types = dense_config.get("layer_types")
+    if layer_types is None and dense_config.get("use_sliding_window") and dense_config.get("sliding_window"):
+        first = int(dense_config.get("max_window_layers", 0))
+        layer_types = ["sliding_attention" if i >= first else "full_attention" for i in range(layers)]
+    sliding = [i for i, t in enumerate(layer_types or []) if t == "sliding_attention"]
+    if sliding:
+        raise UnsupportedModel(
+            f"qwen3 model with sliding-window attention on layers {sliding}: Qwen3-MoE applies its window "
+            "to every layer or none, so its attention would differ from the anchor's"
+        )
+    return {
+        "moe_intermediate_size": dense_config["intermediate_size"],
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "use_sliding_window": False,
+        "sliding_window": None,
+    }
+
+
+QWEN3_MOE = Family(
+    name="qwen3_moe",
+    architecture="Qwen3MoeForCausalLM",
+    dense_model_types=("qwen3",),
+    moe_prefix="mlp",
+    proj_files=("gate_proj", "up_proj", "down_proj"),
+    num_experts_key="num_experts",
+    extra_keys=("head_dim", "attention_bias"),
+    # softmax over all experts, not renormalised over the top k: with every expert active, BAR's layer
+    moe_defaults=(("norm_topk_prob", False),),
+    derived=_qwen3_moe_fields,
+)
+
+FAMILIES = (MIXTRAL, FLEX_OLMO, QWEN3_MOE)
 SUPPORTED_DENSE = tuple(t for f in FAMILIES for t in f.dense_model_types)
+
+# Dense families with a MoE counterpart in transformers that barctl cannot fill exactly.
+_INEXACT = {
+    "qwen2": (
+        "Qwen2-MoE (Qwen2 and Qwen2.5's MoE form) always adds a sigmoid-gated shared expert to the routed "
+        "experts, which BAR's layer (a softmax over the anchor's and the experts' FFNs) does not have; "
+        "barctl does not approximate it"
+    ),
+}
 
 
 def num_layers(config: dict) -> int:
@@ -151,6 +202,8 @@ def family_for(dense_config: dict, output_architecture: str = "auto") -> Family:
             f"model_type {model_type!r} is already a Mixture-of-Experts; the anchor must be a dense model ({supported})"
         )
     family = next((f for f in FAMILIES if model_type in f.dense_model_types), None)
+    if model_type in _INEXACT:
+        raise UnsupportedModel(f"model_type {model_type!r} has no exact MoE counterpart: {_INEXACT[model_type]}")
     if family is None:
         raise UnsupportedModel(
             f"model_type {model_type!r} has no MoE counterpart in barctl yet; supported: {supported}"
@@ -170,11 +223,13 @@ def family_for(dense_config: dict, output_architecture: str = "auto") -> Family:
                 f"{model_type} model with {' and '.join(biased)}=true: Mixtral has no bias terms, "
                 "so its biases would be lost"
             )
+    if family.derived is not None:
+        family.derived(dense_config)
     return family
 
 
 def moe_family_for_moe_config(config: dict) -> Family:
-    """The family of a MoE checkpoint written by barctl (model_type mixtral or flex_olmo)."""
+    """The family of a MoE checkpoint written by barctl (model_type mixtral, flex_olmo or qwen3_moe)."""
     model_type = config.get("model_type")
     for family in FAMILIES:
         if model_type == family.name:

@@ -228,6 +228,8 @@ def group_sizes(config: Mapping) -> dict[str, int]:
         attention += q + 2 * kv + hidden
     if family.name == "flex_olmo":  # q/k norms over all heads
         attention += q + kv
+    elif family.name == "qwen3_moe":  # q/k norms over one head, shared by all heads
+        attention += 2 * head_dim
     return {
         "expert": layers * (experts - 1) * 3 * hidden * inter,
         "router": layers * experts * hidden,

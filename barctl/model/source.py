@@ -56,6 +56,18 @@ _RANDOM_DEFAULTS: dict[str, dict] = {
         "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
         "attention_bias": False,
     },
+    "qwen3": {  # head_dim is derived from hidden_size like the others (transformers' default is 128)
+        "architectures": ["Qwen3ForCausalLM"],
+        "hidden_size": 4096,
+        "intermediate_size": 22016,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-06,
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+        "attention_bias": False,
+        "use_sliding_window": False,
+    },
 }
 _COMMON_DEFAULTS = {
     "hidden_act": "silu",
