@@ -36,9 +36,9 @@ def test_supported_pairs(model_type, family):
     assert family_for({**LLAMA, "model_type": model_type}, family.name) is family
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "qwen2"])
+@pytest.mark.parametrize("model_type", ["gpt2", "gemma3"])
 def test_unsupported_family_says_why(model_type):
-    with pytest.raises(UnsupportedModel, match="no MoE counterpart in barctl yet; supported: llama, mistral, olmo2"):
+    with pytest.raises(UnsupportedModel, match="no MoE counterpart in barctl yet; supported: llama, mistral, olmo2, qwen3"):
         family_for({**LLAMA, "model_type": model_type})
 
 
@@ -58,8 +58,10 @@ def test_olmo2_attention_bias_is_carried():
 def test_output_architecture_must_match():
     with pytest.raises(UnsupportedModel, match="'flex_olmo' does not fit a llama anchor"):
         family_for(LLAMA, "flex_olmo")
-    with pytest.raises(UnsupportedModel, match="unknown output architecture 'qwen3_moe'"):
+    with pytest.raises(UnsupportedModel, match="'qwen3_moe' does not fit a llama anchor"):
         family_for(LLAMA, "qwen3_moe")
+    with pytest.raises(UnsupportedModel, match="unknown output architecture 'deepseek_v3'"):
+        family_for(LLAMA, "deepseek_v3")
 
 
 def test_moe_anchor_and_missing_model_type_refused():
