@@ -27,7 +27,7 @@ KIND_VERSIONS = {
     "router": 1,
     "eval": 1,
     "gates": 1,
-    "export": 1,
+    "export": 2,
 }
 
 

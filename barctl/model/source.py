@@ -106,6 +106,51 @@ def describe(spec: dict) -> dict:
     return read_config(loc.dir)
 
 
+def card_facts(spec: dict) -> dict[str, str]:
+    """What a model card can say about a source: `base_model` (a hub id) and `license`, where known.
+
+    Hub sources give their id, and their license from the GGUF metadata or the hub's model
+    card; local ones their GGUF metadata (`general.license`, `general.source.repo_url`) or
+    the license in their README.md. Random models have neither. Nothing found is no error.
+    """
+    if "random" in spec:
+        return {}
+    if "hub" in spec:
+        gguf_file = spec.get("gguf_file")
+        try:
+            path = _hub_file(spec["hub"], spec.get("revision"), gguf_file or "README.md")
+        except BarctlError:  # no card on the hub, or offline without it in the cache
+            return {"base_model": spec["hub"]}
+        facts = _gguf_facts(path) if gguf_file else _readme_facts(path)
+        return {**facts, "base_model": spec["hub"]}
+    loc = _locate_local(spec)
+    return _gguf_facts(loc.gguf_path) if loc.gguf_file else _readme_facts(loc.dir / "README.md")
+
+
+def _gguf_facts(path: Path) -> dict[str, str]:
+    fields = read_gguf_meta(path).fields
+    facts = {}
+    if isinstance(fields.get("general.license"), str):
+        facts["license"] = fields["general.license"]
+    url = fields.get("general.source.repo_url") or fields.get("general.source.url")
+    prefix = "https://huggingface.co/"
+    if isinstance(url, str) and url.startswith(prefix) and url[len(prefix):].count("/") == 1:
+        facts["base_model"] = url[len(prefix):]
+    return facts
+
+
+def _readme_facts(readme: Path) -> dict[str, str]:
+    if not readme.is_file():
+        return {}
+    from huggingface_hub import ModelCard
+
+    try:
+        license = ModelCard.load(readme).data.license
+    except (ValueError, OSError):  # a README without valid front matter
+        return {}
+    return {"license": license} if isinstance(license, str) else {}
+
+
 def materialise(spec: dict, out_dir: Path) -> None:
     """Write the source as a plain HF directory: config.json, safetensors, tokenizer and side files."""
     out_dir = Path(out_dir)

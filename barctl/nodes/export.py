@@ -32,14 +32,13 @@ def run(ctx: NodeContext) -> dict[str, Any]:
 
 
 def model_card(ctx: NodeContext) -> str:
+    from barctl.model.card import front_matter
+    from barctl.model.source import card_facts
+
     recipe = ctx.recipe
     lock_digest = "sha256:" + hashlib.sha256(canonical_json(ctx.upstream).encode()).hexdigest()
     experts = ", ".join(e.name for e in recipe.experts)
-    return f"""---
-library_name: transformers
-tags: [barctl, mixture-of-experts, branch-adapt-route]
----
-# {recipe.name}
+    return front_matter(card_facts(recipe.resolve_source(recipe.anchor))) + f"""# {recipe.name}
 
 A Mixture-of-Experts built with barctl by Branch-Adapt-Route
 (BAR): slot 0 of every layer is the anchor's FFN, the other slots are the domain
