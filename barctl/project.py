@@ -75,5 +75,5 @@ class Project:
                   for node in self.graph if node.kind in STAGE_KINDS}
         if recipe.routing["train"] is not None:
             merged = family.moe_config(dense, num_experts=len(recipe.experts) + 1, top_k=resolved_top_k(recipe))
-            counts["router"] = trainable_parameter_count(merged, ["router"])
+            counts["router"] = trainable_parameter_count(merged, ["router"], freeze_anchor_row=False)
         return counts

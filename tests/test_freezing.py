@@ -61,9 +61,9 @@ def test_count_from_config_equals_the_instantiated_model(moe_dirs, variant):
     for groups in GROUP_SETS:
         model = load(moe_dirs[variant])
         counts = apply_trainable(model, groups)
-        # Ground truth: every trainable tensor once, minus the protected anchor slot.
+        # Ground truth: every trainable tensor once, minus the protected anchor slot and router row.
         expected = sum(
-            p.numel() // p.shape[0] * (p.shape[0] - 1) if group_of(n) == "expert" else p.numel()
+            p.numel() // p.shape[0] * (p.shape[0] - 1) if group_of(n) in ("expert", "router") else p.numel()
             for n, p in model.named_parameters()
             if p.requires_grad
         )
@@ -97,7 +97,7 @@ def test_groups_select_the_right_tensors(moe_dirs):
 def test_slot0_read_from_the_model_matches_the_saved_legacy_layout(moe_dirs):
     model = load(moe_dirs["mixtral"])
     from_model, from_dir = anchor_slot(model), anchor_slot(moe_dirs["mixtral"])
-    keys = sorted(f"layers.{i}.{p}" for i in (0, 1) for p in ("gate", "up", "down"))
+    keys = sorted(f"layers.{i}.{p}" for i in (0, 1) for p in ("gate", "up", "down", "router"))
     assert sorted(from_model) == sorted(from_dir) == keys
     for key in from_dir:
         assert torch.equal(from_model[key], from_dir[key]), key
@@ -134,9 +134,45 @@ def test_slot0_survives_adamw_with_weight_decay_while_everything_else_trains(moe
     _train(model, 3, AnchorGuard(model))
     check_anchor_slot(model, moe_dirs["mixtral"])
     for name, param in model.named_parameters():
-        changed = param[1:] if group_of(name) == "expert" else param
-        reference = before[name][1:] if group_of(name) == "expert" else before[name]
+        anchored = group_of(name) in ("expert", "router")
+        changed = param[1:] if anchored else param
+        reference = before[name][1:] if anchored else before[name]
         assert not torch.equal(changed, reference), f"{name} did not train"
+        if anchored:
+            assert torch.equal(param[0].view(torch.uint8), before[name][0].view(torch.uint8)), name
+
+
+def _diverged(model_dir):
+    """The branched model with slot 1 moved away from slot 0, so that routing matters to the loss."""
+    model = load(model_dir)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.experts.down_proj[1].mul_(-3.0)
+    return model
+
+
+def test_router_row0_is_frozen_in_stages_and_trains_in_router_training(moe_dirs):
+    model = _diverged(moe_dirs["mixtral"])
+    apply_trainable(model, ["router"])
+    ids = torch.tensor([[5, 17, 42, 99]])
+    model(ids, labels=ids).loss.backward()
+    grad = model.model.layers[0].mlp.gate.weight.grad
+    assert grad[0].abs().max() == 0 and grad[1].abs().max() > 0
+    model = _diverged(moe_dirs["mixtral"])
+    apply_trainable(model, ["router"], freeze_anchor_row=False)
+    model(ids, labels=ids).loss.backward()
+    assert model.model.layers[0].mlp.gate.weight.grad[0].abs().max() > 0
+
+
+def test_check_anchor_slot_fails_when_the_routers_anchor_row_moves(moe_dirs):
+    model = load(moe_dirs["flex_olmo"])
+    with torch.no_grad():
+        model.model.layers[1].mlp.gate.weight[1, 2] += 1.0
+    check_anchor_slot(model, moe_dirs["flex_olmo"])
+    with torch.no_grad():
+        model.model.layers[1].mlp.gate.weight[0, 2] += 1e-7
+    with pytest.raises(BarctlError, match=r"router's anchor row \(row 0\) changed in training: layers.1.router"):
+        check_anchor_slot(model, moe_dirs["flex_olmo"])
 
 
 def test_gradient_hook_alone_does_not_stop_weight_decay(moe_dirs):

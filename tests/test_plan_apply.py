@@ -209,7 +209,7 @@ def test_plan_shows_each_stage_trainable_parameter_count(tmp_path, tokenizer_dir
     path = make_project(tmp_path, tokenizer_dir, manifest)
     plan = json.loads(barctl("plan", path, "--json").output)
     hidden, inter, layers, vocab = 32, 64, 2, 300
-    expert_and_router = layers * 3 * hidden * inter + layers * 2 * hidden
+    expert_and_router = layers * 3 * hidden * inter + layers * hidden  # router row 1; row 0 is the anchor's
     assert plan["trainable"]["experts.math.midtrain"] == expert_and_router
     assert plan["trainable"]["experts.math.sft"] == expert_and_router + 2 * vocab * hidden  # untied head
     assert f"# trains {expert_and_router:,} parameters" in barctl("plan", path).output

@@ -120,9 +120,9 @@ def flex_olmo_tensors(config: dict, experts: int) -> dict[str, int]:
     return tensors
 
 
-def trainable(config: dict, experts: int, groups: set[str]) -> int:
+def trainable(config: dict, experts: int, groups: set[str], anchor_row_trains: bool = False) -> int:
     """Parameters of `groups` in that MoE; of the expert tensors only slots 1.. count (slot 0, the anchor's
-    FFN, never trains)."""
+    FFN, never trains), and of the routers only rows 1.. unless `anchor_row_trains` (router training)."""
     def group(name: str) -> str:
         for key, found in (("mlp.experts.", "expert"), ("mlp.gate.", "router"), ("embed_tokens", "embeddings"),
                            ("lm_head", "lm_head"), ("self_attn.", "attention")):
@@ -133,7 +133,8 @@ def trainable(config: dict, experts: int, groups: set[str]) -> int:
     total = 0
     for name, count in flex_olmo_tensors(config, experts).items():
         if group(name) in groups:
-            total += count * (experts - 1) // experts if group(name) == "expert" else count
+            frozen_row = group(name) == "expert" or (group(name) == "router" and not anchor_row_trains)
+            total += count * (experts - 1) // experts if frozen_row else count
     return total
 
 
@@ -160,10 +161,10 @@ def test_plan_counts_the_trainable_parameters_of_a_7b_flex_olmo(plan):
     slot = 3 * 4096 * 11008 * 32  # one FFN: gate, up and down projections in all 32 layers
     expected = {f"experts.{expert}.{stage}": trainable(OLMO2_7B_CONFIG, 2, BAR_GROUPS[stage])
                 for expert, stages in STAGES.items() for stage in stages}
-    expected["router"] = trainable(OLMO2_7B_CONFIG, len(STAGES) + 1, {"router"})  # 5 slots, top_k all
+    expected["router"] = trainable(OLMO2_7B_CONFIG, len(STAGES) + 1, {"router"}, anchor_row_trains=True)  # 5 slots
     assert plan["trainable"] == expected
-    assert expected["experts.math.midtrain"] == slot + 2 * 4096 * 32
-    assert expected["experts.math.grpo"] == dense + 2 * 4096 * 32  # all but the anchor slot
+    assert expected["experts.math.midtrain"] == slot + 4096 * 32  # router row 1; row 0 is the anchor's
+    assert expected["experts.math.grpo"] == dense + 4096 * 32  # all but the anchor slot and router row
     assert expected["router"] == 5 * 4096 * 32
 
 

@@ -6,10 +6,13 @@ Groups (Mixtral and FlexOlmo names, as `from_pretrained` gives them):
 final norm); `all` is every group.
 
 All experts of a layer share one tensor, so slot 0 (the anchor's FFN) cannot be frozen
-with `requires_grad`. It is protected twice: a post-accumulation hook zeroes its gradient (so
-clipping and Adam's moments never see it), and `AnchorGuard` writes it back after every
-optimiser step, because AdamW's decoupled weight decay shrinks it even with a zero
-gradient. `check_anchor_slot` then verifies it bitwise.
+with `requires_grad`; nor can row 0 of the router (the anchor's row), which shares the
+router's weight with the expert rows. In expert stages both are frozen, as in BAR
+(FlexOlmo's `freeze_experts="first_half"` masks the first half of the router's gradient
+too): a post-accumulation hook zeroes their gradient (so clipping and Adam's moments never
+see it), and `AnchorGuard` writes them back after every optimiser step, because AdamW's
+decoupled weight decay shrinks them even with a zero gradient. `check_anchor_slot` then
+verifies both bitwise. Router training after the merge trains every row.
 
 Tied embeddings (`tie_word_embeddings`): `embed_tokens` and `lm_head` are one tensor, so
 choosing either group trains it (and so both); it is counted once. `tied_note` says so.
@@ -43,6 +46,7 @@ _RULES = (
     ("norms", re.compile(r"norm\.(weight|bias)$")),
 )
 _FUSED_EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
+_ROUTER = re.compile(r"^model\.layers\.(\d+)\.mlp\.gate\.weight$")
 
 
 def group_of(name: str) -> str:
@@ -72,11 +76,13 @@ def tied_note(config: Mapping, groups: Iterable[str]) -> str | None:
     return f"embeddings and lm_head are one tied tensor in this model: training {named} trains both"
 
 
-def apply_trainable(model: nn.Module, groups: Iterable[str]) -> dict[str, int]:
-    """Set `requires_grad` by group, hook the expert tensors' slot 0; trainable parameters per group.
+def apply_trainable(model: nn.Module, groups: Iterable[str], *, freeze_anchor_row: bool = True) -> dict[str, int]:
+    """Set `requires_grad` by group, hook the anchor's slot 0 (and router row 0); trainable parameters per group.
 
-    Expert tensors count only their trainable slots. A tied embedding tensor counts once,
-    under `embeddings` when that group is chosen, else under `lm_head`.
+    Expert tensors count only their trainable slots, routers only their trainable rows
+    (`freeze_anchor_row=False`, for router training after the merge, trains every row).
+    A tied embedding tensor counts once, under `embeddings` when that group is chosen,
+    else under `lm_head`.
     """
     chosen = expand(groups)
     tied = _is_tied(model)
@@ -89,9 +95,9 @@ def apply_trainable(model: nn.Module, groups: Iterable[str]) -> dict[str, int]:
         param.requires_grad_(trains)
         if not trains:
             continue
-        if owners == {"expert"}:
+        if owners == {"expert"} or (owners == {"router"} and freeze_anchor_row):
             param.register_post_accumulate_grad_hook(_zero_slot0)
-            counts["expert"] += param.numel() // param.shape[0] * (param.shape[0] - 1)
+            counts[group_of(name)] += param.numel() // param.shape[0] * (param.shape[0] - 1)
         else:
             counts[next(g for g in GROUPS if g in owners & chosen)] += param.numel()
     return counts
@@ -103,13 +109,15 @@ def _is_tied(model: nn.Module) -> bool:
 
 
 def _zero_slot0(param: torch.Tensor) -> None:
+    # slot 0 is the first expert of a fused expert tensor, or the first row of a router weight
     # After accumulation, in place: no copy of the whole (all slots) gradient per step, and it
     # still runs before gradient clipping, so slot 0 never counts in the gradient norm.
     param.grad[0].zero_()
 
 
 class AnchorGuard:
-    """A copy of slot 0 of every trainable expert tensor, written back by `restore()`.
+    """A copy of slot 0 of every trainable expert tensor and row 0 of every trainable router,
+    written back by `restore()`.
 
     The copy stays on the parameter's device (the anchor FFN's size once more in memory):
     restoring then costs one device-local copy per optimiser step.
@@ -119,7 +127,7 @@ class AnchorGuard:
         self._saved = [
             (param, param.detach()[0].clone())
             for name, param in model.named_parameters()
-            if param.requires_grad and group_of(name) == "expert"
+            if param.requires_grad and group_of(name) in ("expert", "router")
         ]
 
     def restore(self) -> None:
@@ -134,13 +142,14 @@ ModelOrDir = Union["nn.Module", Path, str]
 
 
 def anchor_slot(model_or_dir: ModelOrDir) -> dict[str, torch.Tensor]:
-    """Slot 0 of every expert tensor as `layers.<i>.<gate|up|down>` -> tensor (legacy [I,H]/[H,I] shapes)."""
+    """Slot 0 of every expert tensor as `layers.<i>.<gate|up|down>` -> tensor (legacy [I,H]/[H,I] shapes),
+    and row 0 of every router as `layers.<i>.router` -> [H]."""
     with _slot0(model_or_dir) as slots:
         return {key: get() for key, get in slots.items()}
 
 
 def check_anchor_slot(model_or_dir: ModelOrDir, anchor_ffn: ModelOrDir | Mapping[str, torch.Tensor]) -> None:
-    """BarctlError unless slot 0 of `model_or_dir` equals `anchor_ffn` bitwise.
+    """BarctlError unless slot 0 and router row 0 of `model_or_dir` equal `anchor_ffn`'s bitwise.
 
     `anchor_ffn` is what `anchor_slot` returns, or a model or directory to read it from
     (one tensor at a time). Tensors of different dtypes must hold exactly the same values.
@@ -157,8 +166,8 @@ def check_anchor_slot(model_or_dir: ModelOrDir, anchor_ffn: ModelOrDir | Mapping
                                   f"the anchor's is {list(want.shape)}")
             if not _same_bits(tensor, want):
                 diff = (tensor.double() - want.double()).abs().max().item()
-                raise BarctlError(f"the anchor FFN (expert slot 0) changed in training: {key} differs "
-                                  f"(max |difference| {diff:.3g})")
+                what = "router's anchor row (row 0)" if key.endswith(".router") else "anchor FFN (expert slot 0)"
+                raise BarctlError(f"the {what} changed in training: {key} differs (max |difference| {diff:.3g})")
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -188,8 +197,10 @@ def _slot0_of_dir(reader) -> dict[str, Callable[[], torch.Tensor]]:
     family = moe_family_for_moe_config(reader.config)
     slots = {}
     for name in reader.names():
-        parsed = family.parse_expert(name)
-        if parsed is None:
+        parsed, router_layer = family.parse_expert(name), family.parse_router(name)
+        if router_layer is not None:
+            slots[f"layers.{router_layer}.router"] = lambda n=name: reader.get(n)[0]
+        elif parsed is None:
             slots.update(_slot0_fused(name, lambda n=name: reader.get(n)))
         elif parsed[1] == 0:
             slots[f"layers.{parsed[0]}.{parsed[2]}"] = lambda n=name: reader.get(n)
@@ -197,7 +208,11 @@ def _slot0_of_dir(reader) -> dict[str, Callable[[], torch.Tensor]]:
 
 
 def _slot0_fused(name: str, get: Callable[[], torch.Tensor]) -> list[tuple[str, Callable[[], torch.Tensor]]]:
-    """Slot 0 of a fused expert tensor: gate_up_proj [E, 2I, H] (gate rows first), down_proj [E, H, I]."""
+    """Slot 0 of a fused expert tensor: gate_up_proj [E, 2I, H] (gate rows first), down_proj [E, H, I];
+    row 0 of a router weight [E, H]."""
+    router = _ROUTER.match(name)
+    if router:
+        return [(f"layers.{router.group(1)}.router", lambda: get()[0])]
     m = _FUSED_EXPERT.match(name)
     if not m:
         return []
@@ -240,11 +255,16 @@ def group_sizes(config: Mapping) -> dict[str, int]:
     }
 
 
-def trainable_parameter_count(config: Mapping, groups: Iterable[str]) -> int:
-    """Trainable parameters of `groups` in a barctl MoE with this config.json (torch-free, for `plan`)."""
+def trainable_parameter_count(config: Mapping, groups: Iterable[str], *, freeze_anchor_row: bool = True) -> int:
+    """Trainable parameters of `groups` in a barctl MoE with this config.json (torch-free, for `plan`).
+
+    As `apply_trainable`: the router's anchor row counts only with `freeze_anchor_row=False`.
+    """
     chosen = expand(groups)
     sizes = group_sizes(config)
     count = sum(sizes[g] for g in chosen)
+    if "router" in chosen and freeze_anchor_row:
+        count -= int(config["num_hidden_layers"]) * int(config["hidden_size"])
     if config.get("tie_word_embeddings") and chosen & {"embeddings", "lm_head"} == {"lm_head"}:
         count += sizes["embeddings"]
     return count

@@ -83,7 +83,7 @@ def train_router(ctx: NodeContext, init_file: Path, out_file: Path) -> dict[str,
     train, merged = ctx.config["train"], ctx.inputs["merge"]
     model, tokenizer = common.load_model(merged)
     load_router(model, init_file)
-    counts = apply_trainable(model, ["router"])
+    counts = apply_trainable(model, ["router"], freeze_anchor_row=False)
     if train["aux_loss_weight"] > 0 and resolved_top_k(ctx.recipe) == len(ctx.recipe.experts) + 1:
         ctx.say("note: with every expert active (top_k all) the balancing loss is constant; it does not train")
     sample, rows = router.routing_sample(ctx.recipe, train["fraction"], ctx.config["seed"])
