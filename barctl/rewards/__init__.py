@@ -14,10 +14,12 @@ from barctl.errors import BarctlError
 from barctl.rewards.code_tests import code_tests
 from barctl.rewards.math_answer import math_answer
 from barctl.rewards.refusal import refusal
+from barctl.rewards.symbolic import math_verify
 from barctl.rewards.tool_call import tool_call
 
 BUILTIN: dict[str, Callable] = {
     "math_answer": math_answer,
+    "math_verify": math_verify,
     "tool_call": tool_call,
     "refusal": refusal,
     "code_tests": code_tests,
