@@ -242,6 +242,19 @@ def graph(manifest: Path, fmt: str) -> None:
     click.echo(graph_text(Project.load(manifest).graph, fmt))
 
 
+@main.command(cls=Command)
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
+def init(directory: Path) -> None:
+    """Write a starter project into DIRECTORY (default: here): a manifest with two experts,
+    example data, a tokenizer, .gitignore and a README. Existing files are never overwritten."""
+    from barctl.scaffold import MANIFEST, init_project
+
+    for path in init_project(directory):
+        console.print(f"  wrote {path}")
+    console.print(f"Next: [bold]barctl plan {directory / MANIFEST}[/], then "
+                  f"[bold]barctl apply {directory / MANIFEST} --auto-approve[/]")
+
+
 @main.command("force-unlock", cls=Command)
 @click.argument("lock_id")
 @click.option("-C", "--project-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
