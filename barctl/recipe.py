@@ -36,12 +36,13 @@ SOURCE_KINDS = ("path", "hub", "package", "random")
 # Evaluation metrics: the dataset formats each reads, and the extra columns its scorer needs.
 EVAL_FORMATS = {
     "math_answer": ("prompt",),
+    "math_verify": ("prompt",),
     "tool_call": ("prompt",),
     "refusal": ("prompt",),
     "code_tests": ("prompt",),
     "loss": ("text", "messages", "prompt_completion"),
 }
-EVAL_COLUMNS = {"math_answer": ("answer",), "tool_call": ("ground_truth",), "refusal": ("harmful",),
+EVAL_COLUMNS = {"math_answer": ("answer",), "math_verify": ("answer",), "tool_call": ("ground_truth",), "refusal": ("harmful",),
                 "code_tests": ("tests",), "loss": ()}
 EVAL_MODELS = ("anchor", "experts", "merged")
 DEFAULT_GENERATION = {"max_new_tokens": 256, "batch_size": 8, "max_length": 1024}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import datasets
 import torch
@@ -18,6 +20,7 @@ from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCall
 from barctl.data.load import load_dataset_spec
 from barctl.data.mix import build_mix
 from barctl.errors import BarctlError
+from barctl.model.checkpoint import CheckpointReader
 from barctl.model.freezing import AnchorGuard
 from barctl.recipe import Recipe
 from barctl.trl_fields import BARCTL_TO_TRL
@@ -212,8 +215,51 @@ def train(trainer: Trainer, say: Callable[[str], None]) -> None:
     trainer.add_callback(SkipFinalCheckpoint())
     checkpoint = last_checkpoint(Path(trainer.args.output_dir))
     if checkpoint is not None:
+        if not trainer.is_deepspeed_enabled:  # DeepSpeed resumes from its own, strictly loaded, state files
+            check_resumable(trainer.model, checkpoint)
         say(f"resuming from {checkpoint.name}")
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with checkpoints_as_trained(trainer.model):
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+
+@contextmanager
+def checkpoints_as_trained(model: PreTrainedModel) -> Iterator[None]:
+    """The trainer's checkpoints keep the tensor names the model trains with.
+
+    transformers fuses a MoE layer's experts in memory (`mlp.experts.gate_up_proj`) and by
+    default saves them under the legacy per-expert names; the Trainer resumes with a plain
+    `load_state_dict(strict=False)`, which would skip every expert and router tensor.
+    """
+    model.save_pretrained = functools.partial(model.save_pretrained, save_original_format=False)
+    try:
+        yield
+    finally:
+        del model.save_pretrained
+
+
+def check_resumable(model: torch.nn.Module, checkpoint: Path) -> None:
+    """BarctlError unless `checkpoint` holds exactly the model's tensors (a tied tensor saved once)."""
+    try:
+        with CheckpointReader(checkpoint) as reader:
+            saved = set(reader.names())
+    except BarctlError as e:
+        raise BarctlError(f"cannot resume from {checkpoint}: {e}") from None
+    state = model.state_dict()
+    present = {state[name].data_ptr() for name in saved if name in state}
+    missing = sorted(name for name, tensor in state.items() if name not in saved and tensor.data_ptr() not in present)
+    unexpected = sorted(saved - state.keys())
+    if missing or unexpected:
+        raise BarctlError(
+            f"cannot resume from {checkpoint}: its tensors are not the model's (missing: {_few(missing)}; "
+            f"unexpected: {_few(unexpected)}); it was written in another layout (by an older barctl?). "
+            f"Remove {checkpoint.parent.parent} to start this stage over")
+
+
+def _few(names: list[str], shown: int = 3) -> str:
+    if not names:
+        return "none"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def clear(directory: Path) -> None:

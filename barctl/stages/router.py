@@ -8,11 +8,11 @@ share of its own mix, at least one row, so a small domain is not drowned by a bi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import datasets
 import numpy as np
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from barctl.data.text import row_text
 from barctl.recipe import STAGE_KINDS, Expert, Recipe
@@ -75,13 +75,16 @@ def expert_texts(recipe: Recipe, expert: Expert, tokenizer: PreTrainedTokenizerB
 
 
 def train_router(model, tokenizer: PreTrainedTokenizerBase, dataset: datasets.Dataset, train: dict[str, Any],
-                 output_dir: Path, say: Callable[[str], None]):
-    """Train `model`'s routers (the only parameters left trainable by the caller) with TRL's SFTTrainer."""
+                 output_dir: Path, say: Callable[[str], None], callbacks: Sequence[TrainerCallback] = ()):
+    """Train `model`'s routers (the only parameters left trainable by the caller) with TRL's SFTTrainer.
+
+    `callbacks`: extra TrainerCallbacks."""
     from barctl.stages import sft
 
     model.config.router_aux_loss_coef = float(train["aux_loss_weight"])
     model.config.output_router_logits = train["aux_loss_weight"] > 0
     trainer = sft.build_trainer({"training": train["training"]}, model, tokenizer, dataset, output_dir)
-    trainer.add_callback(common.Progress(say, METRIC))
+    for callback in (common.Progress(say, METRIC), *callbacks):
+        trainer.add_callback(callback)
     common.train(trainer, say)
     return trainer.state
