@@ -42,8 +42,8 @@ EVAL_FORMATS = {
     "code_tests": ("prompt",),
     "loss": ("text", "messages", "prompt_completion"),
 }
-EVAL_COLUMNS = {"math_answer": ("answer",), "math_verify": ("answer",), "tool_call": ("ground_truth",), "refusal": ("harmful",),
-                "code_tests": ("tests",), "loss": ()}
+EVAL_COLUMNS = {"math_answer": ("answer",), "math_verify": ("answer",), "tool_call": ("ground_truth",),
+                "refusal": ("harmful",), "code_tests": ("tests",), "loss": ()}
 EVAL_MODELS = ("anchor", "experts", "merged")
 DEFAULT_GENERATION = {"max_new_tokens": 256, "batch_size": 8, "max_length": 1024}
 DEFAULT_ROUTER_TRAINING = {"learning_rate": 1e-4, "epochs": 2}
