@@ -42,7 +42,7 @@ def test_qwen3_maps_to_qwen3_moe_with_every_layer_sparse_and_no_renormalisation(
     assert family_for(DENSE) is QWEN3_MOE and family_for(DENSE, "qwen3_moe") is QWEN3_MOE
     config = QWEN3_MOE.moe_config(DENSE, num_experts=3, top_k=3)
     assert config["architectures"] == ["Qwen3MoeForCausalLM"] and config["model_type"] == "qwen3_moe"
-    assert config["num_experts"] == 3 and config["num_experts_per_tok"] == 3
+    assert config["num_local_experts"] == 3 and config["num_experts_per_tok"] == 3
     assert config["moe_intermediate_size"] == config["intermediate_size"] == 64
     assert config["norm_topk_prob"] is False
     assert config["decoder_sparse_step"] == 1 and config["mlp_only_layers"] == []
@@ -88,7 +88,8 @@ def test_branch_and_merge_of_untrained_experts_reproduce_the_dense_logits(tmp_pa
     for seed, expert in enumerate(experts):
         branch(anchor, expert, ffn_dir=None, seed=seed, max_shard_bytes=BIG)
     config = json.loads((experts[0] / "config.json").read_text())
-    assert config["model_type"] == "qwen3_moe" and config["num_experts"] == 2 and config["num_experts_per_tok"] == 2
+    assert config["model_type"] == "qwen3_moe" and config["num_local_experts"] == 2
+    assert config["num_experts_per_tok"] == 2
     dense_logits = model_logits(anchor)
     torch.testing.assert_close(model_logits(experts[0]), dense_logits, atol=1e-5, rtol=0)
 

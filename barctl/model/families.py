@@ -167,7 +167,7 @@ QWEN3_MOE = Family(
     dense_model_types=("qwen3",),
     moe_prefix="mlp",
     proj_files=("gate_proj", "up_proj", "down_proj"),
-    num_experts_key="num_experts",
+    num_experts_key="num_local_experts",  # what transformers writes (num_experts is its alias)
     extra_keys=("head_dim", "attention_bias"),
     # softmax over all experts, not renormalised over the top k: with every expert active, BAR's layer
     moe_defaults=(("norm_topk_prob", False),),
