@@ -55,9 +55,10 @@ class ConsoleReporter:
     def __init__(self, console: Console):
         self.console = console
 
-    def start(self, action: Action) -> None:
+    def start(self, action: Action, position: str | None = None) -> None:
         symbol, colour = SYMBOLS[action.action]
-        self.console.print(f"[{colour}]{symbol:>3}[/] {escape(action.node_id)}: {action.action} ...")
+        where = f" [dim]({escape(position)})[/]" if position else ""
+        self.console.print(f"[{colour}]{symbol:>3}[/] {escape(action.node_id)}: {action.action} ...{where}")
 
     def say(self, action: Action, message: str) -> None:
         self.console.print(f"      [dim]{escape(action.node_id)}: {escape(message)}[/]")
@@ -72,20 +73,6 @@ class ConsoleReporter:
     def removed(self, action: Action) -> None:
         self.console.print(f"[red]  -[/] {escape(action.node_id)}: removed from the lockfile "
                            "(its artifact stays in the store)")
-
-
-class SilentReporter:
-    def start(self, action: Action) -> None:
-        pass
-
-    def say(self, action: Action, message: str) -> None:
-        pass
-
-    def done(self, action: Action, entry: dict[str, Any]) -> None:
-        pass
-
-    def removed(self, action: Action) -> None:
-        pass
 
 
 def print_lock(console: Console, entries: dict[str, dict[str, Any]]) -> None:

@@ -207,10 +207,10 @@ def test_safety_replies_refuse_exactly_the_harmful_prompts(out, prepare):
     sft = rows(out, "safety_sft")
     flags = [user_text(r) in trained_harmful for r in sft]
     assert sum(flags) == prepare.SAFETY_ADVBENCH_ROWS + prepare.SAFETY_DNA_ROWS
-    assert [is_refusal(reply(r)) for r in sft] == flags
-    assert refusal([None] * len(sft), [reply(r) for r in sft], flags) == [1.0] * len(sft)
+    assert [is_refusal(reply(r), user_text(r)) for r in sft] == flags  # "No" answers a yes/no question
+    assert refusal([user_text(r) for r in sft], [reply(r) for r in sft], flags) == [1.0] * len(sft)
     assert {reply(r) for r, f in zip(sft, flags, strict=True) if f} == set(prepare.REFUSALS)
-    assert not any(is_refusal(reply(r)) for r in rows(out, "general_sft"))
+    assert not any(is_refusal(reply(r), user_text(r)) for r in rows(out, "general_sft"))
 
     evals = rows(out, "safety_eval")
     assert {user_text(r) for r in evals if r["harmful"]} <= set(harmful["harmbench"])

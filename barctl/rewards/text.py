@@ -20,3 +20,10 @@ def completion_text(completion: Any) -> str:
         return "".join(part.get("text", "") for part in content if isinstance(part, dict))
     return str(content)
 
+
+def prompt_text(prompt: Any) -> str:
+    """The request: the prompt string itself, or the content of the last user message of a conversation."""
+    if prompt is None or isinstance(prompt, str):
+        return prompt or ""
+    users = [m for m in prompt if m.get("role") == "user"] or list(prompt)
+    return completion_text([{"role": "assistant", "content": users[-1].get("content")}]) if users else ""
