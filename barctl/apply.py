@@ -124,16 +124,10 @@ def _entry(project: Project, node_id: str, artifact: Artifact, metrics: dict[str
 
 
 def quiet_libraries() -> None:
-    """barctl reports progress itself; the libraries' own progress bars would interleave with it."""
-    import logging
-    import os
+    """The libraries' records go through `logging` (see barctl.logs), their progress bars only on a terminal."""
+    from barctl.logs import route_library_logs
 
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
+    route_library_logs()
 
 
 def library_versions() -> dict[str, str]:

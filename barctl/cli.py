@@ -37,13 +37,24 @@ class Command(click.Command):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="barctl")
-def main() -> None:
+@click.option("-v", "--verbose", count=True,
+              help="Also show the libraries' warnings (transformers, datasets, the hub); -vv adds debug records.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Append a log to FILE: every node's progress and the libraries' warnings.")
+def main(verbose: int, quiet: bool, log_file: Path | None) -> None:
     """Declarative Branch-Adapt-Route (BAR) post-training.
 
     One YAML manifest declares an anchor model, domain experts and their training
     stages, routing and the output; barctl plans and builds only what changed, and
     writes a Mixture-of-Experts checkpoint that stock transformers loads.
     """
+    from barctl.logs import setup
+
+    if verbose and quiet:
+        raise click.UsageError("-v and -q exclude each other")
+    setup(-1 if quiet else verbose, log_file)
+    console.quiet = quiet
 
 
 @main.command(cls=Command)
@@ -153,7 +164,8 @@ def _apply(manifest: Path, saved: "Plan | None", targets: list[str], replace: li
     from barctl.apply import ApplyResult, apply_plan, check_plan_is_current
     from barctl.lock import StateLock
     from barctl.project import Project
-    from barctl.render import ConsoleReporter, SilentReporter, print_plan
+    from barctl.logs import LoggedReporter
+    from barctl.render import ConsoleReporter, print_plan
 
     with StateLock(manifest.resolve().parent / ".barctl") as state:
         state.acquire(f"barctl apply {manifest}")
@@ -169,7 +181,7 @@ def _apply(manifest: Path, saved: "Plan | None", targets: list[str], replace: li
                 _ask_approval()
         if not the_plan.has_changes:
             return project, ApplyResult()
-        reporter = SilentReporter() if quiet else ConsoleReporter(console)
+        reporter = LoggedReporter(len(the_plan.to_run), None if quiet else ConsoleReporter(console))
         if not quiet:
             console.print()
         try:

@@ -20,6 +20,7 @@ from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCall
 from barctl.data.load import load_dataset_spec
 from barctl.data.mix import build_mix
 from barctl.errors import BarctlError
+from barctl.logs import duration
 from barctl.model.checkpoint import CheckpointReader
 from barctl.model.freezing import AnchorGuard
 from barctl.recipe import Recipe
@@ -156,13 +157,7 @@ class Progress(TrainerCallback):
         speed = (state.num_input_tokens_seen - self.first_tokens) / max(elapsed, 1e-9)
         eta = (state.max_steps - state.global_step) * elapsed / max(done, 1)
         self.say(f"step {state.global_step}/{state.max_steps}  {self.metric} {logs[self.metric]:.4g}  "
-                 f"{speed:,.0f} tok/s  ETA {_duration(eta)}")
-
-
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+                 f"{speed:,.0f} tok/s  ETA {duration(eta)}")
 
 
 class SkipFinalCheckpoint(TrainerCallback):

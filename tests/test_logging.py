@@ -1,0 +1,70 @@
+"""-v/-q/--log-file: the libraries' warnings reach the log file (and the terminal at -v), -q leaves only
+errors, and apply's node lines say where it is."""
+
+import logging
+import re
+import warnings
+
+import pytest
+
+from barctl.logs import route_library_logs, setup
+from tests.projects import barctl, make_project, tiny_manifest
+
+
+@pytest.fixture(autouse=True)
+def default_logging():
+    yield
+    setup(0, None)  # drop the handlers (and the log file) a test's CLI run installed
+
+
+def test_library_warnings_go_to_the_log_file_and_to_the_terminal_only_at_v(tmp_path, capsys):
+    from transformers.utils import logging as transformers_logging
+
+    log = tmp_path / "barctl.log"
+    setup(0, log)
+    route_library_logs()
+    transformers_logging.get_logger("transformers.modeling_utils").warning("a transformers warning")
+    logging.getLogger("datasets.builder").warning("a datasets warning")
+    warnings.warn("a library's UserWarning", UserWarning, stacklevel=1)
+    logging.getLogger("barctl.anything").warning("a barctl warning")
+    assert capsys.readouterr().err.splitlines() == ["WARNING barctl.anything: a barctl warning"]
+    text = log.read_text()
+    for line in ("transformers.modeling_utils: a transformers warning", "datasets.builder: a datasets warning",
+                 "py.warnings:", "a library's UserWarning", "barctl.anything: a barctl warning"):
+        assert line in text, line
+
+    setup(1, None)
+    transformers_logging.get_logger("transformers.modeling_utils").warning("shown at -v")
+    assert "WARNING transformers.modeling_utils: shown at -v" in capsys.readouterr().err
+
+    setup(-1, None)
+    logging.getLogger("barctl.anything").warning("hidden at -q")
+    logging.getLogger("barctl.anything").error("an error at -q")
+    assert capsys.readouterr().err.splitlines() == ["ERROR barctl.anything: an error at -q"]
+
+
+def test_quiet_apply_prints_nothing_and_the_log_file_has_every_node(tmp_path, tokenizer_dir):
+    path = make_project(tmp_path, tokenizer_dir, tiny_manifest())
+    log = tmp_path / "logs" / "apply.log"
+    result = barctl("-q", "--log-file", log, "apply", path, "--auto-approve")
+    assert result.exit_code == 0 and result.output == ""
+    assert (tmp_path / "out" / "moe" / "config.json").is_file()
+    text = log.read_text()
+    nodes = ["base", "experts.math.branch", "experts.code.branch", "merge", "router", "export"]
+    for i, node in enumerate(nodes, start=1):
+        assert re.search(rf"barctl.progress: {re.escape(node)}: create \(node {i} of 6, \d+m\d\ds elapsed\)", text)
+        assert re.search(rf"barctl.progress: {re.escape(node)}: done in \d+\.\ds", text)
+
+    failed = barctl("-q", "plan", tmp_path / "missing.yaml")
+    assert failed.exit_code == 1 and failed.output.startswith("Error:")
+    both = barctl("-q", "-v", "plan", path)
+    assert both.exit_code == 1 and "-v and -q exclude each other" in both.output
+
+
+def test_apply_lines_say_node_i_of_n_and_the_elapsed_time(tmp_path, tokenizer_dir):
+    path = make_project(tmp_path, tokenizer_dir, tiny_manifest({"math": {}}))
+    result = barctl("apply", path, "--auto-approve")
+    assert result.exit_code == 0, result.output
+    starts = re.findall(r"\+ (\S+): create \.\.\. \(node (\d) of (\d), \d+m\d\ds elapsed\)", result.output)
+    assert starts == [("base", "1", "5"), ("experts.math.branch", "2", "5"), ("merge", "3", "5"),
+                      ("router", "4", "5"), ("export", "5", "5")]
