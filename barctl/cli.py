@@ -145,7 +145,7 @@ def evaluate(manifest: Path, auto_approve: bool, as_json: bool) -> None:
     """Run the manifest's evaluations (building what they need) and print the table."""
     from barctl.graph import eval_node_ids
     from barctl.recipe import load_recipe
-    from barctl.results import eval_scores, routing_shares
+    from barctl.results import eval_intervals, eval_scores, routing_report, small_sample_warning
 
     recipe = load_recipe(manifest)
     if not recipe.evals:
@@ -153,7 +153,11 @@ def evaluate(manifest: Path, auto_approve: bool, as_json: bool) -> None:
     project, _ = _apply(manifest, None, eval_node_ids(recipe), [], auto_approve, as_json)
     entries = project.lockfile.entries
     if as_json:
-        console.print_json(data={"scores": eval_scores(entries), "routing": routing_shares(entries)})
+        console.print_json(data={"scores": eval_scores(entries), "ci95": eval_intervals(entries),
+                                 "routing": routing_report(entries),
+                                 "routing_top1": routing_report(entries, "routing_top1"),
+                                 "routing_entropy": routing_report(entries, "routing_entropy"),
+                                 "warnings": [w for w in [small_sample_warning(entries)] if w]})
     else:
         _print_evaluations(project)
 

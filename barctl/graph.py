@@ -25,7 +25,7 @@ KIND_VERSIONS = {
     "grpo": 3,
     "merge": 1,
     "router": 1,
-    "eval": 1,
+    "eval": 2,
     "gates": 1,
     "export": 2,
 }
@@ -156,7 +156,11 @@ def build_graph(recipe: Recipe, fingerprints: "Fingerprints") -> Graph:
 def router_config(recipe: Recipe) -> dict[str, Any]:
     """The router's init and training; init fields appear only with the init that reads them."""
     routing = recipe.routing
-    config = {"init": routing["init"], "train": routing["train"], "seed": recipe.seed}
+    train = routing["train"]
+    if train is not None and not train["z_loss_weight"]:
+        # keys of routers trained before the z-loss existed stay the same
+        train = {k: v for k, v in train.items() if k != "z_loss_weight"}
+    config = {"init": routing["init"], "train": train, "seed": recipe.seed}
     for field in ("init_samples", "prompts"):
         if field in routing:
             config[field] = routing[field]

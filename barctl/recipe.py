@@ -460,6 +460,7 @@ def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
             stages=tuple(_build_stage(stage, seed) for stage in spec.get("stages", [])),
         )
         for name, spec in data["experts"].items()
+                            "z_loss_weight": train.get("z_loss_weight", 0.0),
     )
     routing = {"top_k": "all", "shared": "average", "init": "experts", "train": None}
     routing.update(data.get("routing", {}))

@@ -6,6 +6,7 @@ Rich styles the output on a terminal; piped output is plain text.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from rich.console import Console
@@ -122,26 +123,58 @@ def to_json(value: Any) -> str:
 
 def print_evaluations(console: Console, domains: list[str], slots: list[str],
                       entries: dict[str, dict[str, Any]]) -> None:
-    """BAR's table (models as rows, domains and their average as columns), then the routing report."""
-    from barctl.results import AVERAGE, eval_scores, routing_shares
+    """BAR's table (models as rows, domains and their average as columns, each score with its 95% interval),
+    the routing report, and a warning when the evaluation sets are too small to tell experts from the anchor."""
+    from barctl.results import AVERAGE, eval_intervals, eval_scores, routing_report, small_sample_warning
 
     scores = eval_scores(entries)
     if not scores:
         return
-    table = Table(title="Evaluation (higher is better)", title_justify="left")
+    intervals = eval_intervals(entries)
+    columns = [*domains, AVERAGE]
+    cells = {model: [score_cell(row[d], intervals[model].get(d)) if d in row else "-" for d in columns]
+             for model, row in scores.items()}
+    # one line per model where the terminal is wide enough; else each interval goes under its score
+    widest = max(len(cell) for row in cells.values() for cell in row)
+    if console.width < max(map(len, scores)) + len(columns) * (max(widest, *map(len, columns)) + 3) + 4:
+        cells = {model: [cell.replace(" [", "\n[", 1) for cell in row] for model, row in cells.items()}
+    table = Table(title="Evaluation (higher is better; 95% intervals)", title_justify="left")
     table.add_column("model")
-    for column in [*domains, AVERAGE]:
+    for column in columns:
         table.add_column(column, justify="right")
-    for model, row in scores.items():
-        table.add_row(escape(model), *(f"{row[d]:.3f}" if d in row else "-" for d in [*domains, AVERAGE]))
+    for model, row in cells.items():
+        table.add_row(escape(model), *row)
     console.print(table)
-    shares = routing_shares(entries)
+    shares = routing_report(entries)
     if shares:
-        routing = Table(title="Merged model: share of routing weight per expert (mean over layers)",
-                        title_justify="left")
+        top1, entropy = routing_report(entries, "routing_top1"), routing_report(entries, "routing_entropy")
+        routing = Table(title=routing_title(len(slots)), title_justify="left")
         routing.add_column("domain")
         for slot in slots:
             routing.add_column(escape(slot), justify="right")
+        routing.add_column("entropy", justify="right")
         for domain, row in shares.items():
-            routing.add_row(escape(domain), *(f"{share:.1%}" for share in row))
+            routing.add_row(escape(domain), *routing_cells(row, top1.get(domain)),
+                            f"{entropy[domain]:.3f}" if domain in entropy else "-")
         console.print(routing)
+    warning = small_sample_warning(entries)
+    if warning:
+        console.print(f"[yellow]{escape(warning)}[/]")
+
+
+def score_cell(score: float, interval: list[float] | None) -> str:
+    """A score with its 95% interval, e.g. `0.420 [0.330, 0.520]`."""
+    return f"{score:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def routing_title(slots: int) -> str:
+    return (f"Merged model's routing per slot: share of routing weight / share of top-1 choices (over tokens and "
+            f"layers); entropy of the routing distribution in nats (uniform over {slots} slots: "
+            f"{math.log(slots):.3f})")
+
+
+def routing_cells(shares: list[float], top1: list[float] | None) -> list[str]:
+    """Per slot, `mean share / top-1 share`, e.g. `24.0% / 31.5%`."""
+    if top1 is None:
+        return [f"{share:.1%}" for share in shares]
+    return [f"{share:.1%} / {first:.1%}" for share, first in zip(shares, top1)]

@@ -1,4 +1,4 @@
-"""Evaluation results as recorded in the lockfile: per model, per domain scores and routing shares."""
+"""Evaluation results as recorded in the lockfile: per model, per domain scores, their 95% intervals and routing."""
 
 from __future__ import annotations
 
@@ -7,26 +7,65 @@ from typing import Any
 AVERAGE = "average"
 
 
+def _eval_entries(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Model ("anchor", "experts.<name>", "merged") -> its evaluation's metrics, in the lockfile's order."""
+    return {entry["config"]["model"]: entry["metrics"] for entry in entries.values() if entry.get("kind") == "eval"}
+
+
 def eval_scores(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Model ("anchor", "experts.<name>", "merged") -> domain -> score, plus the domains' average."""
+    """Model -> domain -> score, plus the domains' average."""
     scores = {}
-    for entry in entries.values():
-        if entry.get("kind") != "eval":
-            continue
-        metrics = entry["metrics"]
+    for model, metrics in _eval_entries(entries).items():
         row = {domain: result["score"] for domain, result in metrics["domains"].items()}
         row[AVERAGE] = metrics[AVERAGE]
-        scores[entry["config"]["model"]] = row
+        scores[model] = row
     return scores
+
+
+def eval_intervals(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Model -> domain -> [low, high], the score's 95% interval, plus the average's (where recorded)."""
+    intervals = {}
+    for model, metrics in _eval_entries(entries).items():
+        row = {domain: result["ci95"] for domain, result in metrics["domains"].items() if "ci95" in result}
+        if "average_ci95" in metrics:
+            row[AVERAGE] = metrics["average_ci95"]
+        intervals[model] = row
+    return intervals
 
 
 def average(scores: dict[str, float]) -> float:
     return sum(scores.values()) / len(scores) if scores else 0.0
 
 
-def routing_shares(entries: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
-    """Domain -> the merged model's mean routing share per slot (anchor first), when it was measured."""
-    for entry in entries.values():
-        if entry.get("kind") == "eval" and entry["config"]["model"] == "merged":
-            return entry["metrics"].get("routing", {})
-    return {}
+def routing_report(entries: dict[str, dict[str, Any]], field: str = "routing") -> dict[str, Any]:
+    """Domain -> the merged model's `field`: `routing` (mean share per slot, anchor first), `routing_top1`
+    (share of top-1 choices per slot) or `routing_entropy` (nats); {} when it was not measured."""
+    return _eval_entries(entries).get("merged", {}).get(field, {})
+
+
+def indistinct_experts(entries: dict[str, dict[str, Any]]) -> list[str]:
+    """The evaluated experts whose 95% interval overlaps the anchor's on every domain: too few evaluation
+    rows to tell them apart from the anchor anywhere."""
+    intervals = eval_intervals(entries)
+    anchor = {domain: ci for domain, ci in intervals.get("anchor", {}).items() if domain != AVERAGE}
+    if not anchor:
+        return []
+    return [model for model, row in intervals.items() if model.startswith("experts.")
+            and all(domain in row and overlap(row[domain], ci) for domain, ci in anchor.items())]
+
+
+def small_sample_warning(entries: dict[str, dict[str, Any]]) -> str | None:
+    """A warning naming the experts that `indistinct_experts` finds, with the evaluation sets' sizes; None if none."""
+    experts = indistinct_experts(entries)
+    if not experts:
+        return None
+    sizes = sorted({result["n"] for result in _eval_entries(entries)["anchor"]["domains"].values()})
+    rows = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]} to {sizes[-1]}"
+    return (f"warning: {', '.join(experts)}: 95% intervals overlap the anchor's on every domain; with {rows} "
+            "evaluation rows per domain the table cannot tell these experts from the anchor (raise evals' `limit` "
+            "or add evaluation rows)")
+
+
+def overlap(a: list[float], b: list[float]) -> bool:
+    """Whether two intervals [low, high] share a point."""
+    return a[0] <= b[1] and b[0] <= a[1]

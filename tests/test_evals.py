@@ -4,6 +4,7 @@ what an expert change rebuilds, and a failing gate that stops the export but kee
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 import torch
 import yaml
 
+from barctl.evaluate.intervals import wilson
 from barctl.gates import gate_failures
+from barctl.results import small_sample_warning
 from tests.projects import apply, barctl, make_project, plan_json, tiny_manifest, write_manifest
 
 CHATS = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
@@ -54,7 +57,7 @@ def built(tmp_path_factory, tokenizer_dir):
 
 def test_apply_prints_the_table_and_records_scores(built):
     manifest, result = built
-    assert "Evaluation (higher is better)" in result.output
+    assert "Evaluation (higher is better; 95% intervals)" in result.output
     for model in MODELS:
         assert model in result.output
     entries = lock(manifest)
@@ -84,9 +87,89 @@ def test_barctl_eval_on_a_built_project_only_prints(built):
     manifest, _ = built
     result = barctl("eval", manifest)
     assert result.exit_code == 0, result.output
-    assert "No changes" in result.output and "Evaluation (higher is better)" in result.output
+    assert "No changes" in result.output and "Evaluation (higher is better; 95% intervals)" in result.output
     scores = json.loads(barctl("eval", manifest, "--json").output)["scores"]
     assert set(scores) == set(MODELS) and set(scores["merged"]) == {"math", "general", "average"}
+
+
+def test_eval_json_gives_every_score_its_interval_from_the_stored_rows(built):
+    manifest, _ = built
+    report = json.loads(barctl("eval", manifest, "--json").output)
+    assert set(report["ci95"]) == set(MODELS)
+    entries = lock(manifest)
+    for node, model in zip(["eval.anchor", "eval.experts.math", "eval.experts.code", "eval.merged"], MODELS):
+        stored = json.loads((manifest.parent / entries[node]["artifact"]["path"] / "results.json").read_text())
+        math_rows, general_rows = stored["domains"]["math"]["rows"], stored["domains"]["general"]["rows"]
+        assert len(math_rows) == 4 and all(r in (0.0, 1.0) for r in math_rows)
+        assert sum(math_rows) / 4 == pytest.approx(report["scores"][model]["math"])
+        low, high = wilson(sum(math_rows), 4)
+        assert report["ci95"][model]["math"] == [pytest.approx(low, abs=1e-4), pytest.approx(high, abs=1e-4)]
+        nll, tokens = map(sum, zip(*general_rows))  # per row: summed nll, target tokens
+        assert len(general_rows) == 6 and math.exp(-nll / tokens) == pytest.approx(report["scores"][model]["general"])
+        assert low <= report["scores"][model]["math"] <= high
+        for domain, (low, high) in report["ci95"][model].items():
+            assert 0 <= low <= high <= 1, (model, domain)
+        assert entries[node]["metrics"]["domains"]["math"]["ci95"] == report["ci95"][model]["math"]
+        assert "rows" not in entries[node]["metrics"]["domains"]["math"]  # they stay in results.json
+    top1, entropy = report["routing_top1"], report["routing_entropy"]
+    assert set(top1) == set(entropy) == {"math", "general"}
+    for domain, shares in top1.items():  # anchor, math, code: the merged model's slot order
+        assert len(shares) == 3 and sum(shares) == pytest.approx(1, abs=1e-3)
+        assert 0 < entropy[domain] <= math.log(3) + 1e-6
+
+
+def test_the_table_and_the_card_show_intervals_and_routing(built):
+    manifest, result = built
+    report = json.loads(barctl("eval", manifest, "--json").output)
+    low, high = report["ci95"]["merged"]["math"]
+    card = (manifest.parent / "out" / "moe" / "README.md").read_text()
+    assert f"{report['scores']['merged']['math']:.3f} [{low:.3f}, {high:.3f}]" in card
+    assert f"[{low:.3f}, {high:.3f}]" in result.output  # on 80 columns, under its score
+    shares, top1 = report["routing"]["math"][0], report["routing_top1"]["math"][0]
+    assert f"{shares:.1%} / {top1:.1%}" in card and f"{shares:.1%} / {top1:.1%}" in result.output
+    assert f"| {report['routing_entropy']['math']:.3f} |" in card
+    assert report["warnings"] == [w for w in [small_sample_warning(lock(manifest))] if w]
+
+
+def evaluation_entries(anchor_hits: int, expert_hits: int, rows: int) -> dict:
+    entries = {}
+    for model, hits in (("anchor", anchor_hits), ("experts.math", expert_hits)):
+        ci = list(wilson(hits, rows))
+        entries[f"eval.{model}"] = {"kind": "eval", "config": {"model": model}, "metrics": {
+            "domains": {"math": {"score": hits / rows, "n": rows, "ci95": ci}},
+            "average": hits / rows, "average_ci95": ci}}
+    return entries
+
+
+@pytest.mark.parametrize("width", [60, 200])
+def test_printed_table_keeps_every_interval_readable_and_warns_when_samples_are_too_small(width):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from barctl.render import print_evaluations
+
+    def printed(entries: dict) -> str:
+        out = StringIO()
+        print_evaluations(Console(file=out, width=width), ["math"], ["anchor", "math"], entries)
+        return out.getvalue()
+
+    small = printed(evaluation_entries(2, 5, 8))
+    low, high = wilson(5, 8)
+    assert f"0.625 [{low:.3f}, {high:.3f}]" in small if width == 200 else f"[{low:.3f}, {high:.3f}]" in small
+    assert "experts.math: 95% intervals overlap the anchor's on every domain" in " ".join(small.split())
+    assert "8 evaluation rows" in small
+    assert "overlap" not in printed(evaluation_entries(20, 180, 200))
+
+
+def test_older_evaluations_rebuild_with_the_reason(built, monkeypatch):
+    import barctl.graph
+
+    manifest, _ = built
+    monkeypatch.setitem(barctl.graph.KIND_VERSIONS, "eval", barctl.graph.KIND_VERSIONS["eval"] + 1)
+    actions = plan_json(manifest)
+    assert all(actions[node]["action"] == "rebuild" for node in ("eval.anchor", "eval.merged"))
+    assert any("version" in reason for reason in actions["eval.merged"]["reasons"]), actions["eval.merged"]
 
 
 def test_changing_one_expert_rebuilds_its_chain_and_evaluations_only(built):
@@ -110,7 +193,7 @@ def test_a_failing_gate_fails_apply_keeps_artifacts_and_holds_the_export(tmp_pat
     assert result.exit_code == 1
     assert "gate 'merged-is-perfect' failed on general: merged scored" in result.output
     assert "below the threshold 1.0000" in result.output and "Traceback" not in result.output
-    assert "Evaluation (higher is better)" in result.output  # the scores that failed it are shown
+    assert "Evaluation (higher is better; 95% intervals)" in result.output  # the scores that failed it are shown
     entries = lock(manifest)
     assert {"experts.math.sft", "experts.code.sft", "merge", "router", "eval.merged"} <= entries.keys()
     assert "gates" not in entries and "export" not in entries

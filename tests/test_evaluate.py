@@ -62,6 +62,7 @@ def test_math_answer_scores_right_and_wrong_answers(monkeypatch, tokenizer):
     progress = []
     result = score(monkeypatch, tokenizer, rows, "math_answer", completions, batch_size=3, say=progress.append)
     assert result["score"] == 0.5 and result["n"] == 4 and result["truncated"] == 0
+    assert result["rows"] == [1.0, 0.0, 1.0, 0.0]  # every row's reward, in order
     assert result["samples"] == [
         {"prompt": "12 + 30?", "completion": "The answer is 42.", "reward": 1.0},
         {"prompt": "2 + 2?", "completion": "It is 5.", "reward": 0.0},
@@ -179,6 +180,9 @@ def test_loss_of_text_counts_every_token(model, tokenizer):
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
     assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
     assert result["score"] == pytest.approx(math.exp(-loss), rel=1e-5) and 0 < result["score"] < 1
+    # per row, independent of the batch: [summed nll, target tokens], which the intervals resample
+    assert [tokens for _, tokens in result["rows"]] == [n for _, n in sums]
+    assert [nll for nll, _ in result["rows"]] == [pytest.approx(s, rel=1e-5) for s, _ in sums]
 
 
 def test_loss_of_prompt_completion_counts_only_the_completion(model, tokenizer):
@@ -235,14 +239,44 @@ def test_routing_shares_leave_padding_out(moe, tokenizer):
     assert batched["layers"] == [pytest.approx(row, abs=1e-6) for row in alone["layers"]]
 
 
-def test_routing_shares_match_a_hand_computation(moe, tokenizer):
+def router_inputs_and_weights(moe, ids):
+    """What each layer's router receives (captured by a hook on the MoE block) and its weight."""
+    inputs = []
+    handles = [layer.mlp.register_forward_pre_hook(lambda module, args: inputs.append(args[0][0].clone()))
+               for layer in moe.model.layers]
+    try:
+        with torch.no_grad():
+            moe(torch.tensor([ids]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return inputs, [layer.mlp.gate.weight.detach() for layer in moe.model.layers]
+
+
+def test_routing_shares_match_a_hand_computation_from_router_inputs_and_weights(moe, tokenizer):
     shares = routing_shares(moe, tokenizer, TEXTS[:1])
-    with torch.no_grad():
-        logits = moe(torch.tensor([tokenizer(TEXTS[0])["input_ids"]]), output_router_logits=True).router_logits
-    probs = torch.stack(logits).softmax(dim=-1)  # [layers, tokens, experts]
+    inputs, weights = router_inputs_and_weights(moe, tokenizer(TEXTS[0])["input_ids"])
+    probs = torch.stack([(hidden @ weight.T).softmax(dim=-1) for hidden, weight in zip(inputs, weights)])
     assert shares["layers"] == [pytest.approx(row, abs=1e-6) for row in probs.mean(dim=1).tolist()]
     top1 = torch.bincount(probs.argmax(dim=-1).flatten(), minlength=3) / probs[..., 0].numel()
     assert shares["top1"] == pytest.approx(top1.tolist())
+    entropy = -(probs * probs.log()).sum(dim=-1).mean()
+    assert shares["entropy"] == pytest.approx(entropy.item(), rel=1e-5)
+    assert shares["max_entropy"] == pytest.approx(math.log(3)) and 0 < shares["entropy"] < math.log(3)
+
+
+def test_routing_shares_do_not_depend_on_what_the_router_returns(moe, tokenizer, monkeypatch):
+    """transformers 5.0-5.5 return routing probabilities where 5.6+ return logits; the report must not change."""
+    expected = routing_shares(moe, tokenizer, TEXTS, batch_size=2)
+    router = type(moe.model.layers[0].mlp.gate)
+    original = router.forward
+
+    def returns_probabilities(self, hidden_states):
+        logits, scores, indices = original(self, hidden_states)
+        return logits.float().softmax(dim=-1), scores, indices
+
+    monkeypatch.setattr(router, "forward", returns_probabilities)
+    assert routing_shares(moe, tokenizer, TEXTS, batch_size=2) == expected
 
 
 def test_routing_shares_of_a_dense_model_is_an_error(model, tokenizer):

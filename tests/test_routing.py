@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,121 @@ def test_embedding_init_and_router_training_need_data(tmp_path, tokenizer_dir):
     output = barctl("validate", manifest).output
     assert "no stage with a mix: math, code" in output
     assert "no expert has an sft stage with a mix" in output
+
+
+# router z-loss
+
+
+def test_router_z_loss_on_a_hand_example():
+    from barctl.stages.router import router_z_loss
+
+    layers = [torch.tensor([[1.0, 2.0], [0.0, 0.0], [5.0, 5.0]]), torch.tensor([[0.0, 0.0], [0.0, 0.0], [9.0, 9.0]])]
+    mask = torch.tensor([[1, 1, 0]])  # the third token is padding
+    lse_12, ln2 = math.log(math.exp(1) + math.exp(2)), math.log(2)
+    expected = (lse_12 ** 2 + ln2 ** 2) / 2 + ln2 ** 2  # per layer a mean over real tokens; summed over layers
+    assert router_z_loss(layers, mask).item() == pytest.approx(expected, rel=1e-6)
+    assert router_z_loss(layers).item() == pytest.approx(
+        (lse_12 ** 2 + ln2 ** 2 + (5 + ln2) ** 2) / 3 + (2 * ln2 ** 2 + (9 + ln2) ** 2) / 3, rel=1e-6)
+
+
+def tiny_moe(tokenizer):
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from barctl.model.router import router_weights
+    from tests.helpers import TINY_CONFIG
+
+    config = MixtralConfig(**TINY_CONFIG, vocab_size=len(tokenizer), num_local_experts=3, num_experts_per_tok=3,
+                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(config).float()
+    model.requires_grad_(False)
+    for weight in router_weights(model):
+        weight.requires_grad_(True)
+    return model
+
+
+def router_training(z_loss_weight: float) -> dict:
+    return {"aux_loss_weight": 0.0, "z_loss_weight": z_loss_weight,
+            "training": {"learning_rate": 0.05, "max_steps": 3, "batch_size": 4, "max_length": 64, "seed": 0}}
+
+
+def chat_sample():
+    import datasets
+
+    return datasets.Dataset.from_list([as_prompt_completion(row) for row in CHATS[:12]])
+
+
+def test_z_loss_adds_its_weighted_value_to_the_training_loss(tokenizer_dir, tmp_path):
+    from barctl.stages.router import build_router_trainer, router_z_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = tiny_moe(tokenizer)
+    trainer = build_router_trainer(model, tokenizer, chat_sample(), router_training(0.5), tmp_path)
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    model.train()
+    with_z = trainer.compute_loss(model, dict(inputs)).item()
+    trainer.z_loss_weight = 0.0
+    without = trainer.compute_loss(model, dict(inputs)).item()
+    router_inputs = []
+    handles = [layer.mlp.register_forward_pre_hook(lambda module, args: router_inputs.append(args[0].detach()))
+               for layer in model.model.layers]
+    with torch.no_grad():
+        model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+    for handle in handles:
+        handle.remove()
+    logits = [hidden.reshape(-1, hidden.shape[-1]) @ layer.mlp.gate.weight.T
+              for hidden, layer in zip(router_inputs, model.model.layers)]
+    expected = router_z_loss(logits, inputs.get("attention_mask")).item()
+    assert expected > 0 and with_z - without == pytest.approx(0.5 * expected, rel=1e-4)
+
+
+def test_z_loss_changes_the_trained_router_and_shrinks_its_logits(tokenizer_dir, tmp_path):
+    from barctl.model.router import captured_router_logits, router_weights
+    from barctl.stages.router import router_z_loss, train_router
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    trained, z_values = [], []
+    probe = torch.tensor([tokenizer(row_text(tokenizer, CHATS[0]))["input_ids"]])
+    for weight in (0.0, 1.0):
+        model = tiny_moe(tokenizer)
+        train_router(model, tokenizer, chat_sample(), router_training(weight), tmp_path / str(weight), lambda _: None)
+        trained.append([w.detach().clone() for w in router_weights(model)])
+        with torch.no_grad(), captured_router_logits(model) as logits:
+            model.eval()(probe)
+            z_values.append(router_z_loss(logits).item())
+    assert not all(torch.equal(a, b) for a, b in zip(*trained))
+    assert z_values[1] < z_values[0]
+
+
+def test_z_loss_weight_enters_the_routers_key_only_when_set(trained):
+    original = trained.read_text()
+    document = yaml.safe_load(original)
+    try:
+        document["routing"]["train"]["z_loss_weight"] = 0
+        write_manifest(trained, document)
+        assert "No changes" in barctl("plan", trained).output  # the default keeps existing keys
+        document["routing"]["train"]["z_loss_weight"] = 0.001
+        write_manifest(trained, document)
+        actions = plan_json(trained)
+    finally:
+        trained.write_text(original)
+    assert {k for k, v in actions.items() if v["action"] != "keep"} == {"router", "export"}
+    assert any("z_loss_weight" in reason for reason in actions["router"]["reasons"]), actions["router"]["reasons"]
+
+
+def test_router_training_warns_about_experts_without_sft_rows(tmp_path, tokenizer_dir):
+    manifest = routed_project(tmp_path / "p", tokenizer_dir, {"train": {"training": {"max_steps": 1}}})
+    document = yaml.safe_load(manifest.read_text())
+    document["experts"]["math"]["stages"] = document["experts"]["math"]["stages"][:1]  # midtrain only
+    write_manifest(manifest, document)
+    result = apply(manifest, "--target", "router")
+    assert "warning: router training has no rows from math (no sft stage with data)" in result.output
+    metrics = json.loads(barctl("show", manifest, "--json").output)["router"]["metrics"]
+    assert metrics["sample_rows"] == {"math": 0, "code": 1}
+
+
+def test_z_loss_weight_must_not_be_negative(tmp_path, tokenizer_dir):
+    manifest = routed_project(tmp_path / "p", tokenizer_dir, {"train": {"z_loss_weight": -0.1}})
+    result = barctl("validate", manifest)
+    assert result.exit_code == 1 and "routing.train.z_loss_weight" in result.output, result.output
+    assert "Traceback" not in result.output

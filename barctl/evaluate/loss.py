@@ -32,27 +32,29 @@ def token_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows:
     Targets: every token of `text` after the first, end-of-sequence included; the
     completion of `prompt_completion`; the last assistant turn of `messages` (earlier
     turns are context, as in barctl's SFT).
-    Returns `loss`, `tokens` (targets counted) and `truncated` (rows cut to `max_length`).
+    Returns `loss`, `tokens` (targets counted), `truncated` (rows cut to `max_length`) and
+    `rows`: per row, [summed negative log-likelihood, target tokens].
     `progress` gets the number of rows done after each batch.
     """
     examples = [targets(tokenizer, row, fmt) for row in rows]
     truncated = sum(len(ids) > max_length for ids, _ in examples)
     examples = [(ids[:max_length], labels[:max_length]) for ids, labels in examples]
     pad_id = pad_token_id(tokenizer)
-    nll, tokens, done = 0.0, 0, 0
+    per_row: list[list[float]] = []
     model.eval()
     with torch.inference_mode():
         for batch in chunks(examples, batch_size):
             input_ids, mask = padded_batch([ids for ids, _ in batch], pad_id, "right", model.device)
             labels = pad([lab for _, lab in batch], IGNORE, "right", model.device)[:, 1:]
             logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-            nll += F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum").item()
-            tokens += int((labels != IGNORE).sum())
-            done += len(batch)
-            progress(done)
+            nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none").sum(dim=1)
+            per_row += [[value, count] for value, count in zip(nll.tolist(), (labels != IGNORE).sum(dim=1).tolist())]
+            progress(len(per_row))
+    tokens = sum(count for _, count in per_row)
     if not tokens:
         raise BarctlError(f"loss: no target tokens to score in {len(rows)} rows (max_length {max_length})")
-    return {"loss": nll / tokens, "tokens": tokens, "truncated": truncated}
+    return {"loss": sum(value for value, _ in per_row) / tokens, "tokens": tokens, "truncated": truncated,
+            "rows": per_row}
 
 
 def targets(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any], fmt: str) -> tuple[list[int], list[int]]:

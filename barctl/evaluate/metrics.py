@@ -30,7 +30,9 @@ def evaluate_domain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
                     say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score `model` on `dataset` (already in barctl's canonical columns) with `metric`.
 
-    Every result has `score` (in [0, 1], higher is better) and `n` (rows scored).
+    Every result has `score` (in [0, 1], higher is better), `n` (rows scored) and `rows`
+    (each row's result, from which `barctl.evaluate.intervals` draws the score's interval:
+    its reward for generative metrics, [summed negative log-likelihood, target tokens] for loss).
 
     Generative metrics (math_answer, tool_call, refusal, code_tests) decode greedily and
     score each completion with barctl's reward function of that name: `score` is the
@@ -94,6 +96,7 @@ def _generative(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data
     result = {
         "score": sum(rewards) / len(rewards),
         "n": len(rewards),
+        "rows": [float(reward) for reward in rewards],
         "truncated": sum(len(encode_prompt(tokenizer, prompt)) > max_length for prompt in prompts),
         "samples": [
             {"prompt": render_prompt(tokenizer, prompt), "completion": completion, "reward": float(reward)}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from barctl.errors import BarctlError
@@ -39,6 +42,33 @@ def random_router(moe_dir: Path, out_file: Path, seed: int) -> None:
 def router_weights(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The router weight of every layer of a loaded MoE (Mixtral and FlexOlmo both keep it at `mlp.gate`)."""
     return [layer.mlp.gate.weight for layer in model.model.layers]
+
+
+@contextmanager
+def captured_router_logits(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """While open, every router call of `model` appends its logits [tokens, experts], in float32, to the list.
+
+    The logits are computed here from the router's input and weight (input @ weight.T)
+    rather than taken from its output: transformers 5.0-5.5 return probabilities where
+    5.6+ return raw scores. They keep their autograd graph, so a loss can use them.
+    A model without a router at `mlp.gate` raises BarctlError.
+    """
+    gates = [getattr(layer.mlp, "gate", None) for layer in getattr(getattr(model, "model", None), "layers", [])]
+    if not gates or not all(isinstance(getattr(gate, "weight", None), torch.Tensor) for gate in gates):
+        raise BarctlError(f"{type(model).__name__} has no router in its layers' `mlp.gate`; it is not a "
+                          "Mixture-of-Experts model")
+    logits: list[torch.Tensor] = []
+
+    def capture(module: torch.nn.Module, args: tuple) -> None:
+        hidden = args[0]
+        logits.append(F.linear(hidden.reshape(-1, hidden.shape[-1]).float(), module.weight.float()))
+
+    handles = [gate.register_forward_pre_hook(capture) for gate in gates]
+    try:
+        yield logits
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def load_router(model: torch.nn.Module, router_file: Path) -> None:

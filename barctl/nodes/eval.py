@@ -1,12 +1,14 @@
 """`eval.<model>`: one model (the anchor, an expert, the merged MoE) scored on every declared domain.
 
-The artifact's `results.json` keeps everything (sample completions, per-layer routing);
-the lock gets the scores, the average and the merged model's mean routing shares.
+The artifact's `results.json` keeps everything (sample completions, per-row results, per-layer
+routing); the lock gets the scores and the average with their 95% intervals, and the merged
+model's routing report (mean share, top-1 share per slot, entropy).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from barctl.nodes import NodeContext
@@ -35,13 +37,32 @@ def run(ctx: NodeContext) -> dict[str, Any]:
             routing[domain] = routing_shares(model, tokenizer, [row_text(tokenizer, row) for row in rows],
                                              batch_size=limits["batch_size"], max_length=limits["max_length"])
     (ctx.out / "results.json").write_text(json.dumps({"domains": results, "routing": routing}, indent=2) + "\n")
-    summary = {domain: {k: v for k, v in result.items() if k != "samples"} for domain, result in results.items()}
-    metrics: dict[str, Any] = {"domains": summary,
-                               "average": average({d: r["score"] for d, r in results.items()})}
+    return lock_metrics({domain: spec["metric"] for domain, spec in ctx.config["domains"].items()}, results, routing)
+
+
+def lock_metrics(metrics_by_domain: dict[str, str], results: dict[str, Any],
+                 routing: dict[str, Any]) -> dict[str, Any]:
+    """What the lockfile keeps of an evaluation: scores with their 95% intervals, and the routing report
+    averaged over layers. Samples, per-row results and per-layer routing stay in `results.json`."""
+    from barctl.evaluate.intervals import average_interval, score_interval
+
+    summary = {domain: {**{k: v for k, v in result.items() if k not in ("samples", "rows")},
+                        "ci95": list(score_interval(metrics_by_domain[domain], result["rows"], domain))}
+               for domain, result in results.items()}
+    metrics: dict[str, Any] = {
+        "domains": summary,
+        "average": average({d: r["score"] for d, r in results.items()}),
+        "average_ci95": list(average_interval({d: (metrics_by_domain[d], r["rows"]) for d, r in results.items()})),
+    }
     if routing:
-        metrics["routing"] = {domain: [round(share, 4) for share in shares["mean"]]
-                              for domain, shares in routing.items()}
+        metrics["routing"] = {domain: _rounded(shares["mean"]) for domain, shares in routing.items()}
+        metrics["routing_top1"] = {domain: _rounded(shares["top1"]) for domain, shares in routing.items()}
+        metrics["routing_entropy"] = {domain: round(shares["entropy"], 4) for domain, shares in routing.items()}
     return metrics
+
+
+def _rounded(values: Iterable[float]) -> list[float]:
+    return [round(value, 4) for value in values]
 
 
 def load_model(ctx: NodeContext):

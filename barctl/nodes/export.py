@@ -8,7 +8,7 @@ from typing import Any
 from barctl.graph import canonical_json
 from barctl.nodes import NodeContext
 from barctl.nodes.router import ROUTER_FILE
-from barctl.results import AVERAGE, eval_scores, routing_shares
+from barctl.results import AVERAGE, eval_intervals, eval_scores, routing_report
 
 
 def run(ctx: NodeContext) -> dict[str, Any]:
@@ -63,17 +63,25 @@ model = AutoModelForCausalLM.from_pretrained("{recipe.output['dir']}")
 
 
 def evaluation_section(ctx: NodeContext) -> str:
-    """The evaluation table (models as rows, domains and their average as columns) and routing shares."""
+    """The evaluation table (models as rows, domains and their average as columns, scores with 95% intervals)
+    and the routing report."""
+    from barctl.render import routing_cells, routing_title, score_cell
+
     scores = eval_scores(ctx.upstream)
     if not scores:
         return ""
+    intervals = eval_intervals(ctx.upstream)
     domains = [*ctx.recipe.evals["domains"], AVERAGE]
-    lines = ["## Evaluation", "", "| model | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
-    lines += [f"| {model} | " + " | ".join(f"{row[d]:.3f}" for d in domains) + " |" for model, row in scores.items()]
-    shares = routing_shares(ctx.upstream)
+    lines = ["## Evaluation", "", "Scores (higher is better) with their 95% intervals.", "",
+             "| model | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+    lines += [f"| {model} | " + " | ".join(score_cell(row[d], intervals[model].get(d)) for d in domains) + " |"
+              for model, row in scores.items()]
+    shares = routing_report(ctx.upstream)
     if shares:
+        top1, entropy = routing_report(ctx.upstream, "routing_top1"), routing_report(ctx.upstream, "routing_entropy")
         slots = ["anchor", *(e.name for e in ctx.recipe.experts)]
-        lines += ["", "Share of routing weight per expert on each domain's evaluation data (merged model, "
-                  "mean over layers):", "", "| domain | " + " | ".join(slots) + " |", "|---" * (len(slots) + 1) + "|"]
-        lines += [f"| {domain} | " + " | ".join(f"{s:.1%}" for s in row) + " |" for domain, row in shares.items()]
+        lines += ["", routing_title(len(slots)) + ", on each domain's evaluation data:", "",
+                  "| domain | " + " | ".join(slots) + " | entropy |", "|---" * (len(slots) + 2) + "|"]
+        lines += [f"| {domain} | " + " | ".join(routing_cells(row, top1.get(domain)))
+                  + f" | {entropy[domain]:.3f} |" for domain, row in shares.items()]
     return "\n".join(lines) + "\n\n"

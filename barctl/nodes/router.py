@@ -88,6 +88,10 @@ def train_router(ctx: NodeContext, init_file: Path, out_file: Path) -> dict[str,
         ctx.say("note: with every expert active (top_k all) the balancing loss is constant; it does not train")
     sample, rows = router.routing_sample(ctx.recipe, train["fraction"], ctx.config["seed"])
     ctx.say("router training sample: " + ", ".join(f"{name} {n}" for name, n in rows.items()) + " rows")
+    unsampled = [name for name, n in rows.items() if n == 0]
+    if unsampled:
+        ctx.say(f"warning: router training has no rows from {', '.join(unsampled)} (no sft stage with data): "
+                "those experts' router rows only learn to lose the other domains' tokens")
     started = time.monotonic()
     state = router.train_router(model, tokenizer, sample, train, common.prepare_work(ctx.work, ctx.node.key, ctx.say),
                                 ctx.say)

@@ -24,7 +24,8 @@ METRIC = "loss"
 
 
 def build_trainer(config: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                  dataset: datasets.Dataset, output_dir: Path) -> SFTTrainer:
+                  dataset: datasets.Dataset, output_dir: Path,
+                  trainer_class: type[SFTTrainer] = SFTTrainer) -> SFTTrainer:
     defaults: dict[str, Any] = {"include_num_input_tokens_seen": "non_padding"}
     if "messages" in dataset.column_names:
         if masks_assistant_turns(tokenizer):
@@ -32,7 +33,7 @@ def build_trainer(config: dict[str, Any], model: PreTrainedModel, tokenizer: Pre
         else:
             dataset = dataset.map(split_last_turn, remove_columns="messages")
     args = trl_config(SFTConfig, config["training"], output_dir, defaults=defaults)
-    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    return trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
 def masks_assistant_turns(tokenizer: PreTrainedTokenizerBase) -> bool:
