@@ -1,58 +1,167 @@
-"""Running a stage through `accelerate launch` (multi-GPU, optionally DeepSpeed ZeRO).
+"""Running a stage through `accelerate launch`: many processes, many nodes, optionally DeepSpeed ZeRO.
 
-barctl starts `accelerate launch -m barctl.stage_worker ...` on this machine; each process
-rebuilds the node's context from the manifest and the lockfile, trains its share, and the
-main process saves the checkpoint and writes the metrics that apply records.
+`apply` starts `accelerate launch -m barctl.stage_worker --manifest M --node ID` on its
+machine; every process rebuilds the node's context from the manifest and the lockfile, trains
+its share, and the main process saves the model into a path every node derives from the
+project alone (so the other nodes of a multi-node stage can run the same worker command,
+through `python -m barctl.launch M ID` on each of them).
+
+Processes: the launcher's `num_processes` counts one node's processes; accelerate takes the
+total, `num_processes x num_machines`. Without a config file that chooses a distributed type,
+barctl asks for accelerate's multi-process launcher (`--multi_gpu`), which on a machine without
+GPUs runs gloo ranks on the CPU; accelerate's default (simple) launcher would start one process.
+
+A multi-node launch needs the machine's rank and the main process's address and port: from
+the launcher block, else from the environment (`NODE_RANK`, `MASTER_ADDR`, `MASTER_PORT` as
+torchrun and most cluster schedulers set them; under SLURM `SLURM_NODEID` and the first host
+of `SLURM_JOB_NODELIST`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+import yaml
 
 from barctl.errors import BarctlError
 from barctl.nodes import NodeContext
 from barctl.recipe import Recipe
+from barctl.store import Store
 
 METRICS_FILE = "metrics.json"
+# accelerate config `distributed_type`s under which its simple launcher starts a single process
+_SINGLE_PROCESS_TYPES = {"NO", "MULTI_CPU"}
 
 
 def stage_launcher(recipe: Recipe, node_id: str) -> dict[str, Any]:
     """The launcher a stage node declares (`local` when it declares none)."""
-    _, expert, stage_name = node_id.split(".", 2)
-    stage = next(s for s in recipe.expert(expert).stages if s.name == stage_name)
-    return stage.launcher
+    parts = node_id.split(".", 2)
+    for expert in recipe.experts:
+        for stage in expert.stages:
+            if parts == ["experts", expert.name, stage.name]:
+                return stage.launcher
+    raise BarctlError(f"{node_id!r} is not a training stage of {recipe.manifest_path.name}")
 
 
-def accelerate_command(launcher: dict[str, Any], recipe: Recipe, node_id: str, out: Path,
-                       work: Path) -> list[str]:
+def worker_paths(recipe: Recipe, node_id: str) -> tuple[Path, Path]:
+    """(out, work) of a launched stage: where its main process saves the model, and its checkpoints.
+
+    Both derive from the project and the node alone, so every node of a multi-node launch agrees on them.
+    """
+    store = Store(recipe.root)
+    return store.state_dir / "launched" / node_id, store.work_dir(node_id)
+
+
+def accelerate_command(launcher: dict[str, Any], recipe: Recipe, node_id: str,
+                       env: Mapping[str, str] | None = None, machine_rank: int | None = None) -> list[str]:
+    """The `accelerate launch` command line of a stage, for this machine (`machine_rank`, else from `env`)."""
+    env = os.environ if env is None else env
     command = [sys.executable, "-m", "accelerate.commands.launch"]
+    config_type = None
     if "config_file" in launcher:
-        command += ["--config_file", str(recipe.resolve(launcher["config_file"]))]
-    for option in ("num_processes", "num_machines"):
-        if option in launcher:
-            command += [f"--{option}", str(launcher[option])]
-    return command + [
-        "-m", "barctl.stage_worker",
-        "--manifest", str(recipe.manifest_path),
-        "--node", node_id,
-        "--out", str(out),
-        "--work", str(work),
-    ]
+        config_file = recipe.resolve(launcher["config_file"])
+        command += ["--config_file", str(config_file)]
+        config_type = _distributed_type(config_file)
+    machines = int(launcher.get("num_machines", 1))
+    if "num_processes" in launcher:
+        total = int(launcher["num_processes"]) * machines
+        command += ["--num_processes", str(total)]
+        if total > 1 and (config_type is None or config_type in _SINGLE_PROCESS_TYPES):
+            command.append("--multi_gpu")
+    if "num_machines" in launcher:
+        command += ["--num_machines", str(machines)]
+    if machines > 1:
+        command += _multi_node_options(launcher, env, machine_rank)
+    return command + ["-m", "barctl.stage_worker", "--manifest", str(recipe.manifest_path), "--node", node_id]
+
+
+def _distributed_type(config_file: Path) -> str | None:
+    try:
+        config = yaml.safe_load(config_file.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise BarctlError(f"launcher.config_file: cannot read {config_file}: {e}") from None
+    value = config.get("distributed_type") if isinstance(config, dict) else None
+    return str(value).upper() if value is not None else None
+
+
+def _multi_node_options(launcher: dict[str, Any], env: Mapping[str, str], machine_rank: int | None) -> list[str]:
+    rank = machine_rank if machine_rank is not None else _first(env, "NODE_RANK", "SLURM_NODEID")
+    address = launcher.get("main_process_ip") or env.get("MASTER_ADDR") or _first_slurm_host(env)
+    port = launcher.get("main_process_port") or env.get("MASTER_PORT")
+    missing = [what for what, value in (
+        ("this machine's rank (NODE_RANK or SLURM_NODEID)", rank),
+        ("the main process's address (launcher.main_process_ip, MASTER_ADDR or SLURM_JOB_NODELIST)", address),
+    ) if value is None]
+    if missing:
+        raise BarctlError(f"launcher.num_machines is {launcher['num_machines']}: a multi-node launch needs "
+                          + " and ".join(missing))
+    options = ["--machine_rank", str(rank), "--main_process_ip", str(address)]
+    return options + (["--main_process_port", str(port)] if port is not None else [])
+
+
+def _first(env: Mapping[str, str], *names: str) -> str | None:
+    return next((env[name] for name in names if env.get(name)), None)
+
+
+def _first_slurm_host(env: Mapping[str, str]) -> str | None:
+    """The first host of a SLURM node list: `gpu[01-04,07],cpu1` -> `gpu01`."""
+    nodelist = _first(env, "SLURM_JOB_NODELIST", "SLURM_NODELIST")
+    if nodelist is None:
+        return None
+    m = re.match(r"([^,\[]+)(?:\[([^\],-]+))?", nodelist)
+    return m.group(1) + (m.group(2) or "") if m else None
 
 
 def run_with_accelerate(ctx: NodeContext, launcher: dict[str, Any]) -> dict[str, Any]:
-    """Train the stage in processes started by accelerate; return the metrics they wrote."""
-    command = accelerate_command(launcher, ctx.recipe, ctx.node.id, ctx.out, ctx.work)
+    """Train the stage in processes started by accelerate; move the model into `ctx.out`; return the metrics."""
+    command = accelerate_command(launcher, ctx.recipe, ctx.node.id)
     ctx.say("launching: " + " ".join(command[1:]))
-    metrics_file = ctx.work / METRICS_FILE
+    out, work = worker_paths(ctx.recipe, ctx.node.id)
+    shutil.rmtree(out, ignore_errors=True)
+    metrics_file = work / METRICS_FILE
     metrics_file.unlink(missing_ok=True)
     finished = subprocess.run(command, cwd=ctx.recipe.root)
     if finished.returncode != 0:
         raise BarctlError(f"accelerate launch exited with status {finished.returncode}")
-    if not metrics_file.is_file():
-        raise BarctlError("the launched stage finished without writing its metrics")
-    return json.loads(metrics_file.read_text())
+    if not metrics_file.is_file() or not out.is_dir():
+        raise BarctlError("the launched stage finished without writing its model and metrics")
+    for child in out.iterdir():
+        child.rename(ctx.out / child.name)
+    out.rmdir()
+    metrics = json.loads(metrics_file.read_text())
+    metrics_file.unlink()
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m barctl.launch MANIFEST NODE`: run this machine's share of a multi-node stage."""
+    parser = argparse.ArgumentParser(prog="python -m barctl.launch", description=main.__doc__)
+    parser.add_argument("manifest", type=Path)
+    parser.add_argument("node")
+    parser.add_argument("--machine-rank", type=int, help="default: NODE_RANK or SLURM_NODEID")
+    parser.add_argument("--print", action="store_true", help="print the command instead of running it")
+    args = parser.parse_args(argv)
+    from barctl.recipe import load_recipe
+
+    try:
+        recipe = load_recipe(args.manifest)
+        command = accelerate_command(stage_launcher(recipe, args.node), recipe, args.node,
+                                     machine_rank=args.machine_rank)
+    except BarctlError as e:
+        sys.exit(f"error: {e}")
+    if args.print:
+        print(" ".join(command))
+        return
+    sys.exit(subprocess.run(command, cwd=recipe.root).returncode)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,10 @@
 """The process `accelerate launch` starts for a stage: rebuild the node's context, train.
 
 Usage (built by barctl.launch, not by hand):
-    python -m barctl.stage_worker --manifest M --node ID --out DIR --work DIR
+    python -m barctl.stage_worker --manifest M --node ID
+
+Every rank loads the project and trains; only the main process (global rank 0) reports
+progress, saves the model into the launch's output path and writes the metrics.
 """
 
 from __future__ import annotations
@@ -10,31 +13,36 @@ import argparse
 import json
 from pathlib import Path
 
-from barctl.launch import METRICS_FILE
+from barctl.launch import METRICS_FILE, worker_paths
 from barctl.nodes import NodeContext
 from barctl.project import Project
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="barctl.stage_worker")
-    for option in ("--manifest", "--node", "--out", "--work"):
+    for option in ("--manifest", "--node"):
         parser.add_argument(option, required=True)
     args = parser.parse_args(argv)
 
     from accelerate import PartialState
 
     from barctl.nodes import stage
+    from barctl.stages.common import on_cpu
 
-    state = PartialState()
+    # cpu=True on a machine without GPUs: the launched ranks then form a gloo group (MULTI_CPU)
+    state = PartialState(cpu=on_cpu())
     project = Project.load(Path(args.manifest))
     node = project.graph[args.node]
     entries = project.lockfile.entries
     inputs = {i: project.store.root / entries[i]["artifact"]["path"] for i in node.inputs}
-    say = print if state.is_main_process else (lambda message: None)
-    ctx = NodeContext(project.recipe, node, inputs, Path(args.out), Path(args.work), say=say)
+    out, work = worker_paths(project.recipe, node.id)
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    say = (lambda message: print(message, flush=True)) if state.is_main_process else (lambda message: None)
+    ctx = NodeContext(project.recipe, node, inputs, out, work, say=say)
     metrics = stage.train_stage(ctx)
     if state.is_main_process:
-        (Path(args.work) / METRICS_FILE).write_text(json.dumps(metrics))
+        (work / METRICS_FILE).write_text(json.dumps(metrics))
 
 
 if __name__ == "__main__":

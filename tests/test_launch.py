@@ -4,32 +4,102 @@ from __future__ import annotations
 
 import sys
 
-from barctl.launch import accelerate_command, stage_launcher
+import pytest
+
+from barctl.errors import BarctlError
+from barctl.launch import accelerate_command, main, stage_launcher, worker_paths
 from barctl.recipe import load_recipe
 from tests.projects import make_project, tiny_manifest
 
 
-def test_accelerate_command_names_the_config_processes_and_the_node(tmp_path, tokenizer_dir):
-    (tmp_path / "chat.jsonl").write_text(
-        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
-    (tmp_path / "zero3.yaml").write_text("distributed_type: DEEPSPEED\n")
-    launcher = {"kind": "accelerate", "config_file": "zero3.yaml", "num_processes": 8, "num_machines": 2}
+CHAT = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+
+
+def launch_recipe(tmp_path, tokenizer_dir, launcher: dict):
+    (tmp_path / "chat.jsonl").write_text(CHAT)
     manifest = tiny_manifest(
         {"code": {"stages": [{"kind": "sft", "mix": {"sources": [{"dataset": "chat", "count": 2}]},
                               "launcher": launcher}]}, "math": {}},
         datasets={"chat": {"path": "chat.jsonl", "format": "messages"}},
     )
-    recipe = load_recipe(make_project(tmp_path, tokenizer_dir, manifest))
+    return load_recipe(make_project(tmp_path, tokenizer_dir, manifest))
+
+
+def worker(tmp_path) -> list[str]:
+    return ["-m", "barctl.stage_worker", "--manifest", str(tmp_path / "bar.yaml"), "--node", "experts.code.sft"]
+
+
+def test_a_deepspeed_launch_on_two_slurm_nodes_passes_the_total_and_the_nodes_rendezvous(tmp_path, tokenizer_dir):
+    (tmp_path / "zero3.yaml").write_text("distributed_type: DEEPSPEED\n")
+    launcher = {"kind": "accelerate", "config_file": "zero3.yaml", "num_processes": 8, "num_machines": 2}
+    recipe = launch_recipe(tmp_path, tokenizer_dir, launcher)
     assert stage_launcher(recipe, "experts.code.sft") == launcher
-    command = accelerate_command(launcher, recipe, "experts.code.sft", tmp_path / "out", tmp_path / "work")
-    assert command == [
+    env = {"SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[07-08,11]", "MASTER_PORT": "29501"}
+    assert accelerate_command(launcher, recipe, "experts.code.sft", env) == [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(tmp_path / "zero3.yaml"),
-        "--num_processes", "8", "--num_machines", "2",
-        "-m", "barctl.stage_worker",
-        "--manifest", str(tmp_path / "bar.yaml"), "--node", "experts.code.sft",
-        "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+        "--num_processes", "16", "--num_machines", "2",  # accelerate takes the total; the manifest says per node
+        "--machine_rank", "1", "--main_process_ip", "gpu07", "--main_process_port", "29501",
+        *worker(tmp_path),
     ]
+
+
+def test_processes_without_a_distributing_config_use_the_multi_process_launcher(tmp_path, tokenizer_dir):
+    """accelerate's simple launcher would start one process whatever num_processes says."""
+    launcher = {"kind": "accelerate", "num_processes": 2}
+    recipe = launch_recipe(tmp_path, tokenizer_dir, launcher)
+    assert accelerate_command(launcher, recipe, "experts.code.sft", {}) == [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu", *worker(tmp_path)]
+    (tmp_path / "cpu.yaml").write_text("distributed_type: MULTI_CPU\nnum_machines: 1\n")
+    launcher = {"kind": "accelerate", "num_processes": 2, "config_file": "cpu.yaml"}
+    assert "--multi_gpu" in accelerate_command(launcher, recipe, "experts.code.sft", {})
+    launcher["num_processes"] = 1
+    assert "--multi_gpu" not in accelerate_command(launcher, recipe, "experts.code.sft", {})
+
+
+def test_the_launcher_block_overrides_the_environment_and_torchrun_variables_are_read(tmp_path, tokenizer_dir):
+    launcher = {"kind": "accelerate", "num_processes": 4, "num_machines": 3, "main_process_ip": "10.0.0.1",
+                "main_process_port": 6000}
+    recipe = launch_recipe(tmp_path, tokenizer_dir, launcher)
+    env = {"NODE_RANK": "2", "SLURM_NODEID": "0", "MASTER_ADDR": "10.9.9.9", "MASTER_PORT": "1234"}
+    command = accelerate_command(launcher, recipe, "experts.code.sft", env)
+    assert command[3:15] == ["--num_processes", "12", "--multi_gpu", "--num_machines", "3", "--machine_rank", "2",
+                             "--main_process_ip", "10.0.0.1", "--main_process_port", "6000", "-m"]
+    command = accelerate_command({**launcher, "main_process_ip": None, "main_process_port": None}, recipe,
+                                 "experts.code.sft", env, machine_rank=1)
+    assert command[8:14] == ["--machine_rank", "1", "--main_process_ip", "10.9.9.9", "--main_process_port", "1234"]
+
+
+def test_a_multi_node_launch_without_a_rendezvous_says_what_is_missing(tmp_path, tokenizer_dir):
+    launcher = {"kind": "accelerate", "num_processes": 8, "num_machines": 2}
+    recipe = launch_recipe(tmp_path, tokenizer_dir, launcher)
+    with pytest.raises(BarctlError, match=r"launcher.num_machines is 2: a multi-node launch needs this machine's rank "
+                                          r"\(NODE_RANK or SLURM_NODEID\) and the main process's address"):
+        accelerate_command(launcher, recipe, "experts.code.sft", {})
+    with pytest.raises(BarctlError, match="'merge' is not a training stage of bar.yaml"):
+        stage_launcher(recipe, "merge")
+
+
+def test_every_node_derives_the_same_worker_paths(tmp_path, tokenizer_dir):
+    recipe = launch_recipe(tmp_path, tokenizer_dir, {"kind": "accelerate", "num_processes": 2})
+    out, work = worker_paths(recipe, "experts.code.sft")
+    assert (out, work) == worker_paths(load_recipe(tmp_path / "bar.yaml"), "experts.code.sft")
+    assert out == tmp_path / ".barctl" / "launched" / "experts.code.sft"
+    assert work == tmp_path / ".barctl" / "work" / "experts.code.sft"
+
+
+def test_launch_prints_this_nodes_command(tmp_path, tokenizer_dir, monkeypatch, capsys):
+    launcher = {"kind": "accelerate", "num_processes": 8, "num_machines": 2, "main_process_ip": "head"}
+    launch_recipe(tmp_path, tokenizer_dir, launcher)
+    for name in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    main([str(tmp_path / "bar.yaml"), "experts.code.sft", "--print"])
+    assert "--machine_rank 1 --main_process_ip head -m barctl.stage_worker" in capsys.readouterr().out
+    main([str(tmp_path / "bar.yaml"), "experts.code.sft", "--print", "--machine-rank", "0"])
+    assert "--machine_rank 0 " in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="error: 'experts.code.dpo' is not a training stage"):
+        main([str(tmp_path / "bar.yaml"), "experts.code.dpo", "--print"])
 
 
 def test_the_launcher_is_not_part_of_the_key(tmp_path, tokenizer_dir):

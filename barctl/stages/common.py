@@ -180,14 +180,21 @@ class RestoreAnchor(TrainerCallback):
 
 
 def prepare_work(work: Path, node_key: str, say: Callable[[str], None]) -> Path:
-    """TRL's output directory inside `work`, emptied first when it holds another configuration's checkpoints."""
-    key_file = work / KEY_FILE
-    if work.exists() and (not key_file.exists() or key_file.read_text() != node_key):
-        if any(work.iterdir()):
-            say("discarding checkpoints of an earlier, different configuration of this stage")
-        clear(work)
-    work.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(node_key)
+    """TRL's output directory inside `work`, emptied first when it holds another configuration's checkpoints.
+
+    Under a launcher, the main process prepares it while the other ranks wait.
+    """
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not distributed or torch.distributed.get_rank() == 0:
+        key_file = work / KEY_FILE
+        if work.exists() and (not key_file.exists() or key_file.read_text() != node_key):
+            if any(work.iterdir()):
+                say("discarding checkpoints of an earlier, different configuration of this stage")
+            clear(work)
+        work.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(node_key)
+    if distributed:
+        torch.distributed.barrier()
     return work / "trainer"
 
 
