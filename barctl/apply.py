@@ -63,25 +63,50 @@ def check_runnable(plan: Plan) -> None:
 
 
 def apply_plan(project: Project, plan: Plan, reporter: Reporter) -> ApplyResult:
-    """Run every node the plan says, then drop removed nodes from the lockfile."""
+    """Run every node the plan says, then drop removed nodes from the lockfile.
+
+    Before a node runs, the artifacts it reads are checked from their content; a damaged
+    one is rebuilt first (a repair), so nothing damaged goes into a model or the output.
+    """
     check_runnable(plan)
     quiet_libraries()
     project.store.clear_staging()
     result = ApplyResult()
-    lockfile, order = project.lockfile, project.graph.ids
+    lockfile = project.lockfile
+    verified: set[str] = set()
     for action in plan.to_run:
-        reporter.start(action)
-        entry = _run_node(project, action, lambda message, a=action: reporter.say(a, message))
-        lockfile.entries[action.node_id] = entry
-        lockfile.write(order)
-        (result.built if action.action == "create" else result.rebuilt).append(action.node_id)
-        reporter.done(action, entry)
+        _repair_damaged_inputs(project, action.node_id, verified, reporter, result)
+        _build(project, action, reporter, result)
+        verified.add(action.node_id)
     for action in plan.to_remove:
         lockfile.entries.pop(action.node_id, None)
-        lockfile.write(order)
+        lockfile.write(project.graph.ids)
         result.removed.append(action.node_id)
         reporter.removed(action)
     return result
+
+
+def _build(project: Project, action: Action, reporter: Reporter, result: ApplyResult) -> None:
+    reporter.start(action)
+    entry = _run_node(project, action, lambda message: reporter.say(action, message))
+    project.lockfile.entries[action.node_id] = entry
+    project.lockfile.write(project.graph.ids)
+    (result.built if action.action == "create" else result.rebuilt).append(action.node_id)
+    reporter.done(action, entry)
+
+
+def _repair_damaged_inputs(project: Project, node_id: str, verified: set[str], reporter: Reporter,
+                           result: ApplyResult) -> None:
+    """Check every input of `node_id` from its content; rebuild (and first check the inputs of) a damaged one."""
+    for input_id in project.graph[node_id].inputs:
+        if input_id in verified:
+            continue
+        problem = project.store.verify(project.lockfile.entries[input_id])
+        if problem:
+            _repair_damaged_inputs(project, input_id, verified, reporter, result)
+            node = project.graph[input_id]
+            _build(project, Action(input_id, node.kind, "repair", node.key, [problem]), reporter, result)
+        verified.add(input_id)
 
 
 def _run_node(project: Project, action: Action, say: Callable[[str], None]) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import click
 from rich.console import Console
@@ -25,17 +26,49 @@ MANIFEST = click.Path(exists=False, dir_okay=False, path_type=Path)
 
 
 class Command(click.Command):
-    """Turns BarctlError into a clean message and exit status 1, never a traceback."""
+    """Turns BarctlError into a clean message (JSON on stdout under --json) and exit status 1, never a traceback."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except BarctlError as error:
-            errors.print(f"[bold red]Error:[/] {escape(str(error))}")
+            if ctx.params.get("as_json"):
+                _print_json_error(str(error), error.issues if isinstance(error, ManifestError) else [])
+            else:
+                errors.print(f"[bold red]Error:[/] {escape(str(error))}")
             sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Group(click.Group):
+    """Usage errors exit 1, as Terraform's do (click's default is 2), so that
+    `--detailed-exitcode` 2 means changes and nothing else; under --json they print as JSON."""
+
+    def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[no-untyped-def]
+        with _usage_errors("--json" in args):
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        with _usage_errors("--json" in [*getattr(ctx, "_protected_args", []), *ctx.args]):
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _usage_errors(as_json: bool) -> Iterator[None]:
+    try:
+        yield
+    except click.UsageError as error:
+        if as_json:
+            _print_json_error(error.format_message(), [])
+            sys.exit(1)
+        error.exit_code = 1
+        raise
+
+
+def _print_json_error(message: str, issues: list) -> None:
+    console.print_json(data={"error": message, "errors": [vars(i) for i in issues]})
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="barctl")
 @click.option("-v", "--verbose", count=True,
               help="Also show the libraries' warnings (transformers, datasets, the hub); -vv adds debug records.")
@@ -174,6 +207,7 @@ def _apply(manifest: Path, saved: "Plan | None", targets: list[str], replace: li
     with StateLock(manifest.resolve().parent / ".barctl") as state:
         state.acquire(f"barctl apply {manifest}")
         project = Project.load(manifest)
+        project.lockfile.clear_stray_temp_files()
         if saved is not None:
             check_plan_is_current(project, saved)
             the_plan = saved
@@ -238,7 +272,7 @@ def show(manifest: Path, as_json: bool) -> None:
     from barctl.render import print_lock
 
     recipe = load_recipe(manifest)
-    lockfile = Lockfile.read(recipe.lockfile, recipe.manifest_path.name)
+    lockfile = Lockfile.read(recipe.lockfile, recipe.manifest_path.name, recipe.root)
     if as_json:
         console.print_json(data=lockfile.entries)
     else:

@@ -11,6 +11,7 @@ import getpass
 import hashlib
 import json
 import os
+import re
 import socket
 import tempfile
 import uuid
@@ -20,10 +21,27 @@ from typing import Any
 
 import yaml
 
-from barctl.errors import BarctlError
+from barctl.errors import BarctlError, Issue, ManifestError
+from barctl.paths import STATE_DIR
+from barctl.yamlload import LoadedYaml, load_yaml_text
 
-LOCK_VERSION = 1
 HEADER = "# Written by barctl: the record of built artifacts. Commit it next to the manifest.\n"
+
+
+LOCK_VERSION = 2
+# The last line of every lockfile barctl writes: a file cut short (a bad copy, a full disk
+# outside barctl) is refused instead of being read as a smaller valid lock.
+FOOTER = "# end of barctl.lock\n"
+MAX_BYTES = 64 * 2**20
+MAX_VALUES = 1_000_000
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+# Field -> (type, required) of each node's entry; the artifact's fields are all required.
+ENTRY_FIELDS: dict[str, tuple[type, bool]] = {
+    "kind": (str, True), "kind_version": (int, False), "key": (str, True), "inputs": (dict, False),
+    "config": (dict, False), "data": (dict, False), "artifact": (dict, True), "metrics": (dict, False),
+    "built_with": (dict, False), "built_at": (str, False),
+}
+ARTIFACT_FIELDS: dict[str, type] = {"path": str, "digest": str, "size": int, "files": int}
 
 
 class Lockfile:
@@ -35,27 +53,41 @@ class Lockfile:
         self.entries: dict[str, dict[str, Any]] = dict(entries or {})
 
     @classmethod
-    def read(cls, path: Path, manifest: str) -> "Lockfile":
-        """Read the lockfile; an absent one is empty. A damaged one is an error, never overwritten."""
+    def read(cls, path: Path, manifest: str, root: Path) -> "Lockfile":
+        """Read and check the lockfile of the project at `root`; an absent one is empty.
+
+        A damaged one (cut short, wrong types, artifacts outside the store) is an error
+        naming the entry, and is never overwritten.
+        """
         if not path.exists():
             return cls(path, manifest)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise BarctlError(f"{path} is damaged and cannot be read ({_first_line(error)}); "
-                              "restore it from version control") from None
-        if not isinstance(data, dict) or data.get("version") != LOCK_VERSION or not isinstance(
-            data.get("nodes", {}), dict
+            raw = path.read_bytes()
+            loaded = load_yaml_text(raw, str(path), max_bytes=MAX_BYTES, max_nodes=MAX_VALUES)
+        except OSError as error:
+            raise BarctlError(f"cannot read {path}: {error.strerror}") from None
+        except ManifestError as error:
+            raise BarctlError(f"{error}\n{path} is damaged; {RESTORE}") from None
+        data = loaded.data
+        if not isinstance(data, dict) or data.get("version") not in (1, LOCK_VERSION) or not isinstance(
+            data.get("nodes") or {}, dict
         ):
-            raise BarctlError(f"{path} is not a barctl lockfile of version {LOCK_VERSION}; "
-                              "restore it from version control")
+            raise BarctlError(f"{path} is not a barctl lockfile of version {LOCK_VERSION}; {RESTORE}")
+        if data["version"] == LOCK_VERSION and not raw.endswith(FOOTER.encode()):
+            raise BarctlError(f"{path} is cut short (its last line is not {FOOTER.strip()!r}); {RESTORE}")
         recorded = data.get("manifest")
         if recorded and recorded != manifest:
             raise BarctlError(
                 f"{path} records the manifest {recorded}, not {manifest}; give this manifest its own "
                 "lockfile with a top-level `lockfile:` field"
             )
-        return cls(path, manifest, data.get("nodes") or {})
+        entries = data.get("nodes") or {}
+        issues = [issue for node_id, entry in entries.items() for issue in _entry_issues(loaded, node_id, entry, root)]
+        if issues:
+            lines = "\n".join("  " + issue.format(str(path)) for issue in issues)
+            raise BarctlError(f"{path} has damaged entries:\n{lines}\n{RESTORE}, or delete those entries "
+                              "to rebuild their nodes")
+        return cls(path, manifest, entries)
 
     def digest(self) -> str:
         """Digest of the lockfile as it is on disk ("absent" when there is none)."""
@@ -71,8 +103,65 @@ class Lockfile:
             "manifest": self.manifest,
             "nodes": {node_id: self.entries[node_id] for node_id in ranked},
         }
-        text = HEADER + yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=100)
+        text = HEADER + yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=100) + FOOTER
         atomic_write(self.path, text)
+
+    def clear_stray_temp_files(self) -> None:
+        """Remove the temp files of writes that a killed apply left (call while holding the state lock)."""
+        for stray in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stray.unlink(missing_ok=True)
+
+
+RESTORE = "restore it from version control"
+
+
+def _entry_issues(loaded: LoadedYaml, node_id: Any, entry: Any, root: Path) -> list[Issue]:
+    where: tuple = ("nodes", node_id)
+    if not isinstance(entry, dict):
+        return [loaded.issue(where, f"expected a mapping, got {type(entry).__name__}")]
+    issues = []
+    for name, (kind, required) in ENTRY_FIELDS.items():
+        if name not in entry:
+            if required:
+                issues.append(loaded.issue(where, f"missing field '{name}'"))
+        elif not _is(entry[name], kind):
+            issues.append(loaded.issue(where + (name,), f"expected {kind.__name__}, got {type(entry[name]).__name__}"))
+    inputs = entry.get("inputs")
+    if isinstance(inputs, dict) and not all(isinstance(key, str) for key in inputs.values()):
+        issues.append(loaded.issue(where + ("inputs",), "every input's key must be a string"))
+    artifact = entry.get("artifact")
+    if isinstance(artifact, dict):
+        issues += _artifact_issues(loaded, where + ("artifact",), artifact, entry.get("kind"), root)
+    return issues
+
+
+def _artifact_issues(loaded: LoadedYaml, where: tuple, artifact: dict, kind: Any, root: Path) -> list[Issue]:
+    issues = [loaded.issue(where + (name,), f"expected {expected.__name__}")
+              for name, expected in ARTIFACT_FIELDS.items() if not _is(artifact.get(name), expected)]
+    if isinstance(artifact.get("digest"), str) and not _DIGEST.fullmatch(artifact["digest"]):
+        issues.append(loaded.issue(where + ("digest",), "expected sha256:<64 hex digits>"))
+    if isinstance(artifact.get("path"), str):
+        problem = _artifact_path_problem(artifact["path"], kind, root.resolve())
+        if problem:
+            issues.append(loaded.issue(where + ("path",), problem))
+    return issues
+
+
+def _artifact_path_problem(path: str, kind: Any, root: Path) -> str | None:
+    """Artifacts live in the store; only the export's (the output) lives elsewhere in the project."""
+    resolved = (root / path).resolve()
+    state, store = root / STATE_DIR, root / STATE_DIR / "store"
+    if kind == "export":
+        if root not in resolved.parents or resolved == state or state in resolved.parents:
+            return f"{path} is not a directory of the project outside {STATE_DIR}/"
+    elif store not in resolved.parents:
+        return f"{path} is outside the artifact store {STATE_DIR}/store/"
+    return None
+
+
+def _is(value: Any, kind: type) -> bool:
+    """isinstance, except that a boolean is not an int."""
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -104,14 +193,29 @@ def _first_line(error: Exception) -> str:
 
 
 class StateLock:
-    """An exclusive lock on a project's lockfile and store, naming its holder."""
+    """An exclusive lock on a project's lockfile and store, naming its holder.
+
+    It is an OS lock (flock) on `.barctl/state.lock`: the kernel releases it when the
+    holding process ends, however it ends, so a killed apply never leaves the project
+    locked. Who holds it (command, pid, host, user, since) is kept next to it, in
+    `.barctl/state.holder`, for the message a second apply gets.
+    """
 
     def __init__(self, state_dir: Path):
         self.path = state_dir / "state.lock"
+        self.holder_path = state_dir / "state.holder"
         self.info: dict[str, Any] | None = None
+        self._lock: Any = None
 
     def acquire(self, command: str) -> dict[str, Any]:
+        from filelock import FileLock, Timeout
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise BarctlError(held_message(self.holder_path)) from None
         info = {
             "id": str(uuid.uuid4()),
             "command": command,
@@ -120,19 +224,15 @@ class StateLock:
             "user": getpass.getuser(),
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            raise BarctlError(held_message(self.path)) from None
-        with os.fdopen(fd, "w") as handle:
-            json.dump(info, handle, indent=2)
-        self.info = info
+        atomic_write(self.holder_path, json.dumps(info, indent=2) + "\n")
+        self._lock, self.info = lock, info
         return info
 
     def release(self) -> None:
-        if self.info is not None:
-            self.path.unlink(missing_ok=True)
-            self.info = None
+        if self._lock is not None:
+            self.holder_path.unlink(missing_ok=True)
+            self._lock.release()
+            self._lock = self.info = None
 
     def __enter__(self) -> "StateLock":
         return self
@@ -143,46 +243,46 @@ class StateLock:
 
 def read_holder(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        holder = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
         return {"id": "unreadable"}
+    return holder if isinstance(holder, dict) else {"id": "unreadable"}
 
 
-def held_message(path: Path) -> str:
-    holder = read_holder(path) or {}
+def held_message(holder_path: Path) -> str:
+    holder = read_holder(holder_path) or {}
     who = (
         f"{holder.get('command', 'barctl')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
         f"user {holder.get('user', '?')}) since {holder.get('since', '?')}"
     )
-    alive = ""
-    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-        alive = " (that process is still running)" if _pid_alive(holder["pid"]) else (
-            " (that process is no longer running)")
     return (
-        f"the project's state is locked by {who}{alive}.\n"
-        f"If no barctl is running, release it with: barctl force-unlock {holder.get('id', '?')}"
+        f"the project's state is locked by {who}, which is still running.\n"
+        "Wait for it to finish, or stop it: the lock is released when that process ends"
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def force_unlock(state_dir: Path, lock_id: str) -> dict[str, Any]:
-    """Clear a state lock left by a killed process; the id must match, as a safety check."""
-    path = state_dir / "state.lock"
-    holder = read_holder(path)
+    """Clear the record of a state lock whose holder is gone; refused while the holder runs.
+
+    The OS lock itself needs no clearing: it ends with its process.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = StateLock(state_dir)
+    holder = read_holder(lock.holder_path)
     if holder is None:
         raise BarctlError("the project's state is not locked")
     if holder.get("id") not in (lock_id, "unreadable"):
         raise BarctlError(f"the state lock's id is {holder.get('id')}, not {lock_id}")
-    path.unlink(missing_ok=True)
+    probe = FileLock(str(lock.path), timeout=0)
+    try:
+        probe.acquire()
+    except Timeout:
+        raise BarctlError(held_message(lock.holder_path) + "; force-unlock does not take a live lock") from None
+    try:
+        lock.holder_path.unlink(missing_ok=True)
+    finally:
+        probe.release()
     return holder

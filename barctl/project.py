@@ -36,7 +36,7 @@ class Project:
         store.save_cache()
         manifest_name = recipe.manifest_path.relative_to(recipe.lockfile.parent).as_posix() \
             if recipe.manifest_path.is_relative_to(recipe.lockfile.parent) else str(recipe.manifest_path)
-        lockfile = Lockfile.read(recipe.lockfile, manifest_name)
+        lockfile = Lockfile.read(recipe.lockfile, manifest_name, recipe.root)
         return cls(recipe, graph, lockfile, store)
 
     @property

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from barctl.errors import Issue, ManifestError
+from barctl.paths import path_issues
 from barctl.yamlload import LoadedYaml, load_yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "manifest.schema.json"
+# Shipped inside the package; in a checkout it links to schemas/manifest.schema.json (for editors).
+SCHEMA_PATH = Path(__file__).resolve().parent / "manifest.schema.json"
 
 STAGE_KINDS = ("midtrain", "sft", "dpo", "grpo")
 DEFAULT_TRAINABLE = {
@@ -212,7 +214,7 @@ def semantic_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
     a part too malformed to check is skipped, since the schema already reported it.
     """
     issues: list[Issue] = []
-    for check in (_base_issues, _datasets_issues, _experts_issues, _routing_issues, _output_issues,
+    for check in (_base_issues, _datasets_issues, _experts_issues, _routing_issues, path_issues,
                   _evals_issues, _gates_issues):
         try:
             issues += check(loaded, root)
@@ -432,16 +434,6 @@ def _gates_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
                 "own_expert compares each domain with the expert of the same name, but no domain is named "
                 "like an expert"))
     return issues
-
-
-def _output_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
-    target = (root / loaded.data["output"]["dir"]).resolve()
-    state = (root / ".barctl").resolve()
-    if target == root.resolve() or target in root.resolve().parents:
-        return [loaded.issue(("output", "dir"), "the output must be a directory of its own, not the project's")]
-    if target == state or state in target.parents:
-        return [loaded.issue(("output", "dir"), "the output cannot live inside .barctl/")]
-    return []
 
 
 # -- construction -------------------------------------------------------------------

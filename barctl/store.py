@@ -2,7 +2,9 @@
 
 A node writes into a staging directory; only a finished artifact is moved into place
 (a rename), so the store never holds half an artifact. Artifacts are digested file by
-file, with digests cached by (path, size, mtime) so that planning stays fast.
+file from their content. Planning checks them quickly, trusting digests cached by
+(path, size, mtime), like `git status`; apply re-reads the content of every artifact
+before a node uses it, so what goes into a model or the output is never trusted blindly.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from barctl.data.fingerprint import FingerprintCache, file_digest
+from barctl.errors import BarctlError
+from barctl.paths import OUTPUT_MARKER, output_dir_problem
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,14 @@ class Store:
         return self.describe(final)
 
     def publish(self, staged: Path, target: Path) -> Artifact:
-        """Move a finished artifact to a declared location outside the store (the output)."""
+        """Move a finished artifact to a declared location outside the store (the output).
+
+        Only a directory barctl made (it holds the marker file) or an empty one is replaced.
+        """
+        problem = output_dir_problem(target)
+        if problem:
+            raise BarctlError(problem)
+        (staged / OUTPUT_MARKER).write_text("Made by barctl: `barctl apply` replaces this directory.\n")
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
@@ -78,20 +89,36 @@ class Store:
         return self.describe(target)
 
     def describe(self, directory: Path) -> Artifact:
-        digest, size, files = tree_digest(directory, self.cache)
+        """The artifact at `directory`, digested from its content."""
+        digest, size, files = tree_digest(directory, self.cache, trust_cache=False)
         self.cache.save()
         return Artifact(str(directory.relative_to(self.root)) if directory.is_relative_to(self.root)
                         else str(directory), digest, size, files)
 
     def problem_with(self, entry: dict[str, Any]) -> str | None:
-        """Why a lock entry's artifact is not usable as is, or None when it is intact."""
+        """Why a lock entry's artifact is not usable as is, or None when it looks intact.
+
+        A quick check for planning: file digests come from the (path, size, mtime) cache.
+        """
+        return self._problem(entry, trust_cache=True)
+
+    def verify(self, entry: dict[str, Any]) -> str | None:
+        """Like `problem_with`, reading every byte: the check before an artifact is used.
+
+        The digests it reads refresh the cache, so the next plan sees a damaged artifact too.
+        """
+        problem = self._problem(entry, trust_cache=False)
+        self.cache.save()
+        return problem
+
+    def _problem(self, entry: dict[str, Any], *, trust_cache: bool) -> str | None:
         artifact = entry.get("artifact") or {}
         if "path" not in artifact:
             return "the lockfile records no artifact for it"
         directory = self.root / artifact["path"]
         if not directory.is_dir():
             return f"its artifact {artifact['path']} is missing"
-        digest, _, _ = tree_digest(directory, self.cache)
+        digest, _, _ = tree_digest(directory, self.cache, trust_cache=trust_cache)
         if digest != artifact["digest"]:
             return f"its artifact {artifact['path']} fails its digest (files were changed or damaged)"
         return None
@@ -104,13 +131,13 @@ class Store:
         shutil.rmtree(self.state_dir / "tmp", ignore_errors=True)
 
 
-def tree_digest(directory: Path, cache: FingerprintCache) -> tuple[str, int, int]:
+def tree_digest(directory: Path, cache: FingerprintCache, *, trust_cache: bool = True) -> tuple[str, int, int]:
     """(digest, total bytes, file count) of a directory: its relative paths and file digests."""
     outer = hashlib.sha256()
     size = files = 0
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         relative = path.relative_to(directory).as_posix()
-        outer.update(f"{relative}\0{file_digest(path, cache)}\n".encode())
+        outer.update(f"{relative}\0{file_digest(path, cache, trust_cache=trust_cache)}\n".encode())
         size += path.stat().st_size
         files += 1
     return "sha256:" + outer.hexdigest(), size, files

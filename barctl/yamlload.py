@@ -93,13 +93,17 @@ def load_yaml(path: Path) -> LoadedYaml:
     return load_yaml_text(raw, filename)
 
 
-def load_yaml_text(text_or_bytes: str | bytes, filename: str = "<string>") -> LoadedYaml:
-    """Load a manifest from text or UTF-8 bytes; `filename` is used in errors."""
+def load_yaml_text(text_or_bytes: str | bytes, filename: str = "<string>", *, max_bytes: int = MAX_BYTES,
+                   max_nodes: int = MAX_NODES) -> LoadedYaml:
+    """Load a manifest from text or UTF-8 bytes; `filename` is used in errors.
+
+    The limits bound the file's size and the values that alias expansion may produce.
+    """
     raw = text_or_bytes
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogatepass")
     try:
-        return _load(raw, filename)
+        return _load(raw, filename, max_bytes, max_nodes)
     except _Problem as problem:
         raise ManifestError(filename, [problem.issue]) from None
 
@@ -120,8 +124,8 @@ class _Alias:
     start_mark: yaml.Mark
 
 
-def _load(raw: bytes, filename: str) -> LoadedYaml:
-    text = _decode(raw)
+def _load(raw: bytes, filename: str, max_bytes: int, max_nodes: int) -> LoadedYaml:
+    text = _decode(raw, max_bytes)
     root = _compose(text)
     target, mark = _unalias(root) if root is not None else (None, None)
     if target is None or (isinstance(target, ScalarNode) and _resolve(target, ()) is None):
@@ -129,14 +133,15 @@ def _load(raw: bytes, filename: str) -> LoadedYaml:
     if not isinstance(target, MappingNode):
         message = f"the manifest must be a mapping of `key: value` lines, not {_kind(target)}"
         raise _Problem(message, _position(mark))
-    builder = _Builder()
+    _check_expansion(target, max_nodes)
+    builder = _Builder(max_nodes)
     data = builder.build(root, ())
     return LoadedYaml(data, text, filename, builder.positions, builder.key_positions)
 
 
-def _decode(raw: bytes) -> str:
-    if len(raw) > MAX_BYTES:
-        raise _Problem(f"the file is larger than {MAX_BYTES // 2**20} MiB; a manifest should point at data, not contain it")
+def _decode(raw: bytes, max_bytes: int) -> str:
+    if len(raw) > max_bytes:
+        raise _Problem(f"the file is larger than {max_bytes // 2**20} MiB; it should point at data, not contain it")
     raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
         return raw.decode("utf-8")
@@ -226,6 +231,35 @@ def _syntax_problem(error: yaml.MarkedYAMLError) -> _Problem:
     return _Problem(message, _position(mark) if mark else None)
 
 
+def _check_expansion(root: MappingNode, max_nodes: int) -> None:
+    """Refuse, before building anything, a document whose aliases expand beyond `max_nodes`
+    values, located at the first top-level key that crosses the limit (an upper bound for
+    merges: every value of a merged mapping is counted)."""
+    sizes: dict[int, int] = {}
+    total = 1
+    for key_node, value_node in root.value:
+        total += _expanded_size(key_node, sizes, set()) + _expanded_size(value_node, sizes, set())
+        if total > max_nodes:
+            message = f"alias expansion too large (a YAML 'billion laughs'?): over {max_nodes:,} values"
+            key, mark = _unalias(key_node)
+            raise _Problem(message, _position(mark), (key.value,) if isinstance(key, ScalarNode) else ())
+
+
+def _expanded_size(node: Node | _Alias, sizes: dict[int, int], active: set[int]) -> int:
+    """How many values `node` becomes once its aliases are expanded; each distinct node is sized once."""
+    target, _ = _unalias(node)
+    if id(target) in sizes:
+        return sizes[id(target)]
+    if id(target) in active or isinstance(target, ScalarNode):
+        return 1  # a recursive alias is reported by the builder
+    active.add(id(target))
+    children = target.value if isinstance(target, SequenceNode) else [n for pair in target.value for n in pair]
+    size = 1 + sum(_expanded_size(child, sizes, active) for child in children)
+    active.discard(id(target))
+    sizes[id(target)] = size
+    return size
+
+
 class _Builder:
     """Turns a composed node graph into plain values, recording positions.
 
@@ -233,10 +267,11 @@ class _Builder:
     position; expansion is bounded by MAX_NODES, nesting by MAX_DEPTH.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_nodes: int) -> None:
         self.positions: dict[YamlPath, Position] = {}
         self.key_positions: dict[YamlPath, Position] = {}
         self._count = 0
+        self._max_nodes = max_nodes
         self._active: set[int] = set()
 
     def build(self, node: Node | _Alias, path: YamlPath) -> Any:
@@ -276,8 +311,8 @@ class _Builder:
 
     def _charge(self, count: int, mark: yaml.Mark, path: YamlPath) -> None:
         self._count += count
-        if self._count > MAX_NODES:
-            message = f"alias expansion too large (a YAML 'billion laughs'?): over {MAX_NODES:,} values"
+        if self._count > self._max_nodes:
+            message = f"alias expansion too large (a YAML 'billion laughs'?): over {self._max_nodes:,} values"
             raise _Problem(message, _position(mark), path)
 
     @contextmanager

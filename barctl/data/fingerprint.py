@@ -76,14 +76,15 @@ class FingerprintCache:
             return {}
 
 
-def file_digest(path: Path, cache: FingerprintCache) -> str:
-    """`sha256:<hex>` of a file's content, hashed only when its size or mtime changed.
+def file_digest(path: Path, cache: FingerprintCache, *, trust_cache: bool = True) -> str:
+    """`sha256:<hex>` of a file's content, hashed only when its size or mtime changed
+    (always, with `trust_cache=False`: the cache is then only refreshed).
 
     Updates `cache` in memory; call `cache.save()` when done.
     """
     path = Path(path).absolute()
     stat = path.stat()
-    digest = cache.get(str(path), stat.st_size, stat.st_mtime_ns)
+    digest = cache.get(str(path), stat.st_size, stat.st_mtime_ns) if trust_cache else None
     if digest is None:
         digest = _hash_file(path)
         if time.time_ns() - stat.st_mtime_ns > _RACY_NS:

@@ -24,13 +24,12 @@ from barctl.logs import duration
 from barctl.model.checkpoint import CheckpointReader
 from barctl.model.freezing import AnchorGuard
 from barctl.recipe import Recipe
-from barctl.trl_fields import BARCTL_TO_TRL
+from barctl.trl_fields import BARCTL_SETS, BARCTL_TO_TRL
 
 # barctl's `training` settings that map one to one onto a config field (warmup_ratio and
 # precision are translated below).
 DIRECT = {ours: field for ours, field in BARCTL_TO_TRL.items() if ours not in ("warmup_ratio", "precision")}
-# Fields barctl sets itself, whatever `trl:` says.
-FIXED = ("output_dir", "use_cpu", "resume_from_checkpoint")
+FIXED = BARCTL_SETS  # fields barctl sets itself, whatever `trl:` says
 DEFAULT_SAVE_STEPS = 200
 KEY_FILE = "node-key"
 
