@@ -18,7 +18,7 @@ SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers")
 
 
 def plan_issues(recipe: Recipe) -> list[Issue]:
-    return _model_issues(recipe) + _data_issues(recipe) + _training_issues(recipe)
+    return _model_issues(recipe) + _data_issues(recipe) + _training_issues(recipe) + _report_to_issues(recipe)
 
 
 def _model_issues(recipe: Recipe) -> list[Issue]:
@@ -69,3 +69,31 @@ def _training_issues(recipe: Recipe) -> list[Issue]:
             for name, problem in passthrough_problems(stage.kind, stage.training.get("trl", {})).items():
                 issues.append(recipe.document.issue(where + (name,), problem, at_key=True))
     return issues
+
+
+# report_to integrations and the packages transformers needs for them (any one of them)
+REPORT_TO_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "trackio": ("trackio",)}
+
+
+def _report_to_issues(recipe: Recipe) -> list[Issue]:
+    """A `report_to` naming an integration whose package is not installed, where the manifest says it
+    (the stage's own setting, or the project-wide one it inherits)."""
+    import importlib.util
+
+    places = [(("experts", expert.name, "stages", index, "training"), stage.training)
+              for expert in recipe.experts for index, stage in enumerate(expert.stages)]
+    if recipe.routing["train"] is not None:
+        places.append((("routing", "train", "training"), recipe.routing["train"]["training"]))
+    issues = {}
+    for where, training in places:
+        path = (*where, "report_to")
+        if path not in recipe.document.positions:
+            path = ("training", "report_to")
+        value = training.get("report_to") or []
+        for integration in [value] if isinstance(value, str) else value:
+            packages = REPORT_TO_PACKAGES.get(integration, ())
+            if packages and not any(importlib.util.find_spec(p) for p in packages):
+                issues[path, integration] = recipe.document.issue(
+                    path, f"report_to {integration!r} needs the {packages[0]} package, which is not installed: "
+                          f"pip install {packages[0]}")
+    return list(issues.values())

@@ -7,6 +7,7 @@ so the whole plan is known before anything runs.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -87,11 +88,27 @@ def node_key(kind: str, config: dict, input_keys: dict[str, str], data: dict) ->
     payload = {
         "kind": kind,
         "kind_version": KIND_VERSIONS[kind],
-        "config": config,
+        "config": _keyed(config),
         "inputs": input_keys,
         "data": data,
     }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+# Where training metrics are sent (a stage's, router training's) does not change what is computed.
+_UNKEYED = (("training", "report_to"), ("train", "training", "report_to"))
+
+
+def _keyed(config: dict) -> dict:
+    """`config` without the fields in _UNKEYED."""
+    keyed = copy.deepcopy(config)
+    for *parents, field in _UNKEYED:
+        inner = keyed
+        for parent in parents:
+            inner = inner.get(parent) if isinstance(inner, dict) else None
+        if isinstance(inner, dict):
+            inner.pop(field, None)
+    return keyed
 
 
 class _Builder:

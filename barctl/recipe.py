@@ -442,6 +442,7 @@ def _gates_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
 def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
     data = loaded.data
     seed = data.get("seed", 0)
+    defaults = {"seed": seed, **data.get("training", {})}  # project-wide training settings
     base = data["base"]
     pretrained = base.get("pretrained")
     experts = tuple(
@@ -449,7 +450,7 @@ def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
             name=name,
             ffn=spec.get("ffn", "pretrained" if pretrained else "anchor"),
             seed=spec.get("seed", seed),
-            stages=tuple(_build_stage(stage, seed) for stage in spec.get("stages", [])),
+            stages=tuple(_build_stage(stage, seed, defaults) for stage in spec.get("stages", [])),
         )
         for name, spec in data["experts"].items()
                             "z_loss_weight": train.get("z_loss_weight", 0.0),
@@ -461,7 +462,7 @@ def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
     if routing["train"] is not None:
         train = routing["train"]
         routing["train"] = {"fraction": train.get("fraction", 0.05), "aux_loss_weight": train.get("aux_loss_weight", 0.0),
-                            "training": {"seed": seed, **DEFAULT_ROUTER_TRAINING, **train.get("training", {})}}
+                            "training": {**defaults, **DEFAULT_ROUTER_TRAINING, **train.get("training", {})}}
     output = {"architecture": "auto", "dtype": "auto", "max_shard_size": "2GB", "smoke_test": True}
     output.update(data["output"])
     datasets = {
@@ -486,9 +487,9 @@ def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
     )
 
 
-def _build_stage(stage: dict, seed: int) -> Stage:
+def _build_stage(stage: dict, seed: int, defaults: dict[str, Any]) -> Stage:
     kind = stage["kind"]
-    training = {"seed": seed, **stage.get("training", {})}
+    training = {**defaults, **stage.get("training", {})}
     mix = stage.get("mix")
     if mix is not None:
         mix = {"seed": seed, **mix}

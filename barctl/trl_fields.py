@@ -115,6 +115,7 @@ BARCTL_TO_TRL = {
     "seed": "seed",
     "save_steps": "save_steps",
     "precision": "bf16",
+    "report_to": "report_to",
 }
 
 

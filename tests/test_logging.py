@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 from barctl.logs import route_library_logs, setup
-from tests.projects import barctl, make_project, tiny_manifest
+from tests.projects import barctl, make_project, tiny_manifest, write_manifest
 
 
 @pytest.fixture(autouse=True)
@@ -68,3 +68,65 @@ def test_apply_lines_say_node_i_of_n_and_the_elapsed_time(tmp_path, tokenizer_di
     starts = re.findall(r"\+ (\S+): create \.\.\. \(node (\d) of (\d), \d+m\d\ds elapsed\)", result.output)
     assert starts == [("base", "1", "5"), ("experts.math.branch", "2", "5"), ("merge", "3", "5"),
                       ("router", "4", "5"), ("export", "5", "5")]
+
+
+def report_to_manifest(project_wide=None, stage=None, router=None, learning_rate=1e-3) -> dict:
+    def training(report_to):
+        return {"max_steps": 1, "learning_rate": learning_rate, **({"report_to": report_to} if report_to else {})}
+
+    sft = {"kind": "sft", "mix": {"sources": [{"dataset": "chat", "count": 2}]}, "training": training(stage)}
+    manifest = tiny_manifest({"math": {"stages": [sft]}, "code": {"stages": [dict(sft, training=training(None))]}},
+                             datasets={"chat": {"path": "chat.jsonl", "format": "messages"}},
+                             routing={"train": {"fraction": 0.5, "training": training(router)}})
+    if project_wide:
+        manifest["training"] = {"report_to": project_wide}
+    return manifest
+
+
+@pytest.fixture
+def installed_integrations(monkeypatch):
+    """Every report_to integration counts as installed (their packages are optional and absent here)."""
+    from barctl import checks
+
+    monkeypatch.setattr(checks, "REPORT_TO_PACKAGES", dict.fromkeys(["tensorboard", "wandb", "trackio"],
+                                                                           ("json",)))
+
+
+def test_report_to_reaches_the_stages_but_not_their_keys(tmp_path, tokenizer_dir, installed_integrations):
+    from barctl.project import Project
+
+    (tmp_path / "chat.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+    path = make_project(tmp_path, tokenizer_dir, report_to_manifest())
+    plain = Project.load(path)
+    assert plain.recipe.expert("math").stages[0].training.get("report_to") is None  # trl_config's default: none
+    keys = {node.id: node.key for node in plain.graph}
+
+    write_manifest(path, report_to_manifest(project_wide="tensorboard", stage=["wandb", "trackio"], router="wandb"))
+    reporting = Project.load(path)
+    assert {node.id: node.key for node in reporting.graph} == keys
+    assert reporting.recipe.expert("math").stages[0].training["report_to"] == ["wandb", "trackio"]
+    assert reporting.recipe.expert("code").stages[0].training["report_to"] == "tensorboard"  # the project's
+    assert reporting.recipe.routing["train"]["training"]["report_to"] == "wandb"
+    assert reporting.graph["experts.math.sft"].config["training"]["report_to"] == ["wandb", "trackio"]
+
+    write_manifest(path, report_to_manifest(learning_rate=1e-4))
+    changed = {node.id for node in Project.load(path).graph if node.key != keys[node.id]}
+    assert {"experts.math.sft", "experts.code.sft", "router"} <= changed
+
+
+def test_report_to_without_its_package_is_refused_at_plan_with_its_line(tmp_path, tokenizer_dir, monkeypatch):
+    from barctl import checks
+
+    monkeypatch.setattr(checks, "REPORT_TO_PACKAGES", {"wandb": ("no_such_package_for_barctl",)})
+    (tmp_path / "chat.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+    path = make_project(tmp_path, tokenizer_dir, report_to_manifest(project_wide="wandb", stage="wandb"))
+    result = barctl("plan", path)
+    assert result.exit_code == 1
+    lines = [line.strip() for line in result.output.splitlines() if "needs the" in line]
+    assert len(lines) == 2  # the stage's own setting, and the project-wide one the others inherit
+    message = "report_to 'wandb' needs the no_such_package_for_barctl package, which is not installed"
+    assert any(re.match(rf".*bar\.yaml:\d+:\d+: training\.report_to: {message}", line) for line in lines)
+    assert any(re.match(rf".*bar\.yaml:\d+:\d+: experts\.math\.stages\[0\]\.training\.report_to: {message}", line)
+               for line in lines)
