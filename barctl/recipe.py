@@ -453,7 +453,6 @@ def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
             stages=tuple(_build_stage(stage, seed, defaults) for stage in spec.get("stages", [])),
         )
         for name, spec in data["experts"].items()
-                            "z_loss_weight": train.get("z_loss_weight", 0.0),
     )
     routing = {"top_k": "all", "shared": "average", "init": "experts", "train": None}
     routing.update(data.get("routing", {}))
@@ -462,6 +461,7 @@ def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
     if routing["train"] is not None:
         train = routing["train"]
         routing["train"] = {"fraction": train.get("fraction", 0.05), "aux_loss_weight": train.get("aux_loss_weight", 0.0),
+                            "z_loss_weight": train.get("z_loss_weight", 0.0),
                             "training": {**defaults, **DEFAULT_ROUTER_TRAINING, **train.get("training", {})}}
     output = {"architecture": "auto", "dtype": "auto", "max_shard_size": "2GB", "smoke_test": True}
     output.update(data["output"])
