@@ -1,26 +1,39 @@
 """Tool-call reward: the completion calls the expected functions with the expected arguments.
 
-Format of a call, in the completion and in ``ground_truth`` alike: a JSON object
-``{"name": "f", "arguments": {...}}`` (``arguments`` may also be a JSON string), or a
-JSON list of such objects. In the completion the JSON may sit in one or more
-``<tool_call>...</tool_call>`` tags (their calls are concatenated), else in the last
-```` ```json ```` fence, else be the whole reply. A conversational completion whose
-assistant message carries ``tool_calls`` (as TRL's response parsing produces) is read
-from that field instead.
+Calls in the completion: one or more ``<tool_call>{json}</tool_call>`` tags (their calls
+are concatenated), else the last ```` ```json ```` fence, else the whole reply, as a JSON
+call ``{"name": "f", "arguments": {...}}`` (``arguments`` may be a JSON string) or a list
+of them; else a Python call list as BFCL prompts for, ``[f(x=1), g(y='a')]``. A
+conversational completion whose assistant message carries ``tool_calls`` (as TRL's
+response parsing produces) is read from that field.
 
-The reward is 1.0 when the calls match as a multiset (order of calls and of arguments
-is irrelevant; numbers compare numerically, so 2 == 2.0, but True != 1), else 0.0.
-An unparseable completion scores 0.0, except that an empty ground truth (``[]``, no
-call expected) is matched by a reply with no tool call.
+``ground_truth`` (a JSON string or the value) takes three forms:
 
-BFCL-style alternatives: a ground-truth call with ``"alternatives": true`` lists the
-acceptable values of each argument, e.g. ``{"name": "f", "arguments": {"x": [1, 2]},
-"alternatives": true}`` accepts x=1 or x=2; a list containing ``""`` also accepts the
-argument being left out. A list-valued argument is written as a list of lists there.
+- barctl's single answer: a call or a list of calls, as above;
+- barctl's alternatives: ``{"name": "f", "arguments": {"x": [1, 2]}, "alternatives": true}``
+  lists the acceptable values of each argument;
+- BFCL's possible answers: ``[{"f": {"x": [1, 2], "unit": ["", "cm"]}}]``.
+
+In both alternative forms ``""`` among the values lets the argument be left out, and a
+dict-valued argument lists alternatives per key, as BFCL's checker reads it.
+
+Arguments compare as BFCL's AST checker compares them: strings ignoring case, spaces
+and the punctuation ``, . / - _ * ^`` (and ``'`` reads as ``"``), numbers by value (an
+int is a float, a bool is not a number), lists in order and dicts by key, recursively.
+Calls match as a multiset (their order is free); an extra or a missing call fails. An
+empty ground truth (``[]``, no call expected) is matched by a reply without a call.
+
+With the function schemas (a ``functions`` or ``tools`` column: BFCL function docs or
+OpenAI tools, JSON or the value), also as BFCL: a required argument left out or one the
+schema does not declare fails, and a ``float``/``number`` argument accepts an int but an
+``integer`` one does not accept a float. Beyond BFCL, an optional argument at its schema
+``default`` may be given where the ground truth leaves it out (or lets it be left out),
+and left out where the ground truth wants the default.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from typing import Any
@@ -29,25 +42,9 @@ from barctl.errors import BarctlError
 from barctl.rewards.text import assistant_message, completion_text
 
 _TAGGED = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-_FENCE = re.compile(r"```(?:json)?[ \t]*\n(.*?)```", re.DOTALL)
-
-
-def _calls(value: Any) -> list[dict] | None:
-    """Normalised calls ``{"name", "arguments", "alternatives"}`` or None when malformed."""
-    items = value if isinstance(value, list) else [value]
-    calls = []
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            return None
-        arguments = item.get("arguments", {})
-        if isinstance(arguments, str):
-            arguments = _json(arguments)
-        if not isinstance(arguments, dict):
-            return None
-        calls.append(
-            {"name": item["name"], "arguments": arguments, "alternatives": item.get("alternatives") is True}
-        )
-    return calls
+_FENCE = re.compile(r"```(?:json|python)?[ \t]*\n(.*?)```", re.DOTALL)
+_BFCL_PUNCTUATION = re.compile(r"[ ,./\-_*^]")
+_NO_DEFAULT = object()
 
 
 def _json(text: str) -> Any:
@@ -55,6 +52,67 @@ def _json(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return None
+
+
+def _calls(value: Any, possible_answers: bool = False) -> list[dict] | None:
+    """Calls ``{"name", "arguments", "alternatives"}``, or None when malformed.
+
+    ``possible_answers``: also read BFCL's ``{"f": {"x": [1, 2]}}`` (ground truth only).
+    """
+    items = value if isinstance(value, list) else [value]
+    calls = []
+    for item in items:
+        if not isinstance(item, dict):
+            return None
+        if possible_answers and "name" not in item and len(item) == 1:
+            (name, arguments), = item.items()
+            item = {"name": name, "arguments": arguments, "alternatives": True}
+        if not isinstance(item.get("name"), str):
+            return None
+        arguments = item.get("arguments", {})
+        if isinstance(arguments, str):
+            arguments = _json(arguments)
+        if not isinstance(arguments, dict):
+            return None
+        calls.append({"name": item["name"], "arguments": arguments, "alternatives": item.get("alternatives") is True})
+    return calls
+
+
+def _python_calls(text: str) -> list[dict] | None:
+    """``[f(x=1), g(y='a')]`` or ``f(x=1)`` with literal keyword arguments, as BFCL's prompt format has them."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        return None
+    nodes = tree.elts if isinstance(tree, (ast.List, ast.Tuple)) else [tree]
+    calls = []
+    for node in nodes:
+        if not isinstance(node, ast.Call) or node.args:
+            return None
+        try:
+            name = ast.unparse(node.func)
+            arguments = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg is not None}
+        except ValueError:
+            return None
+        if len(arguments) != len(node.keywords):
+            return None
+        calls.append({"name": name, "arguments": _jsonable(arguments), "alternatives": False})
+    return calls
+
+
+def _jsonable(value: Any) -> Any:
+    """Python literals as JSON has them: tuples become lists."""
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _parse_text(text: str) -> list[dict] | None:
+    text = text.strip()
+    parsed = _json(text)
+    return _calls(parsed) if parsed is not None else _python_calls(text)
 
 
 def parse_tool_calls(completion: Any) -> list[dict] | None:
@@ -73,68 +131,120 @@ def parse_tool_calls(completion: Any) -> list[dict] | None:
             calls += parsed
         return calls
     fences = _FENCE.findall(text)
-    return _calls(_json(fences[-1] if fences else text.strip()))
+    return _parse_text(fences[-1] if fences else text)
 
 
-def values_equal(a: Any, b: Any) -> bool:
-    """JSON equality with numbers compared by value (2 == 2.0) and booleans kept apart."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(values_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b))
-    return type(a) is type(b) and a == b
+def standardize(text: str) -> str:
+    """A string as BFCL's checker compares it: lower case, without spaces and ``,./-_*^``, ``'`` as ``"``."""
+    return _BFCL_PUNCTUATION.sub("", text).lower().replace("'", '"')
 
 
-def _call_matches(predicted: dict, expected: dict) -> bool:
-    if predicted["name"] != expected["name"]:
-        return False
-    got, want = predicted["arguments"], expected["arguments"]
-    if not expected["alternatives"]:
-        return values_equal(got, want)
-    if not got.keys() <= want.keys():
-        return False
-    for name, options in want.items():
-        options = options if isinstance(options, list) else [options]
-        if name not in got:
-            if "" not in options:
+def values_equal(got: Any, want: Any, schema: dict | None = None) -> bool:
+    """Whether an argument value matches the expected one, as BFCL compares them (``schema``: its JSON schema)."""
+    schema = schema or {}
+    kind = schema.get("type")
+    if isinstance(got, bool) or isinstance(want, bool):
+        return got is want
+    if isinstance(got, (int, float)) and isinstance(want, (int, float)):
+        return not (kind == "integer" and isinstance(got, float)) and got == want
+    if isinstance(got, str) and isinstance(want, str):  # a string where the schema wants another type is a
+        return standardize(got) == standardize(want) if kind in (None, "string", "any") else got == want  # variable
+    if isinstance(got, list) and isinstance(want, list):
+        items = schema.get("items") if isinstance(schema.get("items"), dict) else None
+        return len(got) == len(want) and all(values_equal(g, w, items) for g, w in zip(got, want))
+    if isinstance(got, dict) and isinstance(want, dict):
+        properties = schema.get("properties") or {}
+        return got.keys() == want.keys() and all(values_equal(got[k], want[k], properties.get(k)) for k in got)
+    return type(got) is type(want) and got == want
+
+
+def _option_matches(got: Any, option: Any, schema: dict | None) -> bool:
+    """One acceptable value of BFCL's possible answers; dicts in it list alternatives per key."""
+    if isinstance(option, dict) and isinstance(got, dict):
+        properties = (schema or {}).get("properties") or {}
+        return _arguments_match(got, option, properties, alternatives=True)
+    if isinstance(option, list) and isinstance(got, list) and any(isinstance(o, dict) for o in option):
+        items = (schema or {}).get("items")
+        return len(got) == len(option) and all(_option_matches(g, o, items) for g, o in zip(got, option))
+    return values_equal(got, option, schema)
+
+
+def _arguments_match(got: dict, want: dict, properties: dict, *, alternatives: bool) -> bool:
+    for name in got.keys() | want.keys():
+        spec = properties.get(name) if isinstance(properties.get(name), dict) else None
+        default = spec.get("default", _NO_DEFAULT) if spec else _NO_DEFAULT
+        if name not in want:
+            options = []
+        elif alternatives:
+            options = want[name] if isinstance(want[name], list) else [want[name]]
+        else:
+            options = [want[name]]
+        optional = alternatives and "" in options  # BFCL: "" among the values lets it be left out
+        values = [o for o in options if not (alternatives and o == "")]
+        at_default = default is not _NO_DEFAULT
+        if name not in got:  # left out: fine when optional, or when what is wanted is the default
+            if not optional and not (at_default and any(values_equal(default, v, spec) for v in values)):
                 return False
-        elif not any(values_equal(got[name], option) for option in options):
-            return False
+        elif not any((_option_matches if alternatives else values_equal)(got[name], v, spec) for v in values):
+            # given at its default where the ground truth leaves it out, or lets it be left out
+            if not (at_default and (not options or optional) and values_equal(got[name], default, spec)):
+                return False
     return True
 
 
-def _multiset_match(predicted: list[dict], expected: list[dict]) -> bool:
+def _call_matches(predicted: dict, expected: dict, schemas: dict[str, dict]) -> bool:
+    if predicted["name"] != expected["name"]:
+        return False
+    schema = schemas.get(expected["name"])
+    properties = (schema or {}).get("properties") or {}
+    required = (schema or {}).get("required") or []
+    if schema is not None and not set(required) <= predicted["arguments"].keys() <= properties.keys():
+        return False
+    return _arguments_match(predicted["arguments"], expected["arguments"], properties,
+                            alternatives=expected["alternatives"])
+
+
+def _multiset_match(predicted: list[dict], expected: list[dict], schemas: dict[str, dict]) -> bool:
     if len(predicted) != len(expected):
         return False
     if not expected:
         return True
     first, rest = expected[0], expected[1:]
     return any(
-        _call_matches(call, first) and _multiset_match(predicted[:i] + predicted[i + 1 :], rest)
+        _call_matches(call, first, schemas) and _multiset_match(predicted[:i] + predicted[i + 1:], rest, schemas)
         for i, call in enumerate(predicted)
     )
 
 
 def _ground_truth(value: Any) -> list[dict]:
-    calls = _calls(_json(value) if isinstance(value, str) else value)
+    calls = _calls(_json(value) if isinstance(value, str) else value, possible_answers=True)
     if calls is None:
         raise BarctlError(f"tool_call reward: ground_truth is not a call or a list of calls: {value!r}")
     return calls
 
 
-def tool_call(prompts: list, completions: list, ground_truth: list, **kwargs: Any) -> list[float]:
+def function_schemas(value: Any) -> dict[str, dict]:
+    """Function name -> its parameters' JSON schema, from BFCL function docs or OpenAI tools."""
+    items = _json(value) if isinstance(value, str) else value
+    items = items if isinstance(items, list) else [items]
+    schemas = {}
+    for item in items:
+        function = item.get("function", item) if isinstance(item, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise BarctlError(f"tool_call reward: not a function schema: {item!r}")
+        schemas[function["name"]] = function.get("parameters") or {}
+    return schemas
+
+
+def tool_call(prompts: list, completions: list, ground_truth: list, functions: list | None = None,
+              tools: list | None = None, **kwargs: Any) -> list[float]:
     """1.0 for each completion whose tool calls match ``ground_truth``, else 0.0."""
+    declared = functions if functions is not None else tools
     rewards = []
-    for completion, truth in zip(completions, ground_truth, strict=True):
+    for index, (completion, truth) in enumerate(zip(completions, ground_truth, strict=True)):
         expected = _ground_truth(truth)
+        schemas = function_schemas(declared[index]) if declared is not None and declared[index] else {}
         predicted = parse_tool_calls(completion)
-        if predicted is None:
-            matched = not expected
-        else:
-            matched = _multiset_match(predicted, expected)
+        matched = not expected if predicted is None else _multiset_match(predicted, expected, schemas)
         rewards.append(1.0 if matched else 0.0)
     return rewards

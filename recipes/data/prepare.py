@@ -42,6 +42,7 @@ import re
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -569,10 +570,19 @@ def tool_calls_text(calls: list[dict]) -> str:
     return "\n".join(f"<tool_call>{json.dumps(call, ensure_ascii=False)}</tool_call>" for call in calls)
 
 
+def first_value(value: Any) -> Any:
+    """A possible answer's value as a call gives it: dicts in it list alternatives per key (BFCL), so take the first."""
+    if isinstance(value, dict):
+        return {key: first_value(options[0]) for key, options in value.items() if "" not in options}
+    if isinstance(value, list):
+        return [first_value(item) for item in value]
+    return value
+
+
 def sft_calls(possible: list[dict]) -> list[dict]:
     """The SFT target: the first acceptable value of each argument; optional ones (alternatives with "") left out."""
     return [
-        {"name": name, "arguments": {arg: values[0] for arg, values in args.items() if "" not in values}}
+        {"name": name, "arguments": {arg: first_value(values[0]) for arg, values in args.items() if "" not in values}}
         for call in possible
         for name, args in call.items()
     ]
