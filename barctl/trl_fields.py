@@ -119,12 +119,12 @@ BARCTL_TO_TRL = {
 }
 
 
-def passthrough_problems(kind: str, fields: dict) -> dict[str, str]:
 # Fields barctl sets itself, whatever `trl:` says: for every kind, and per kind.
 BARCTL_SETS = ("output_dir", "use_cpu", "resume_from_checkpoint")
 KIND_SETS = {"grpo": ("reward_weights",)}
 
 
+def passthrough_problems(kind: str, fields: dict) -> dict[str, str]:
     """Problems of a stage's `training.trl` fields, by field name: the rules apply enforces, checked at plan."""
     if not fields:
         return {}
@@ -134,10 +134,10 @@ KIND_SETS = {"grpo": ("reward_weights",)}
     for name in fields:
         if name in owned:
             problems[name] = f"set it as training.{owned[name]}, which barctl maps to {name}"
-        elif known is not None and name not in known:
         elif name in BARCTL_SETS or name in KIND_SETS.get(kind, ()):
             problems[name] = "barctl sets it itself" + (
                 " (from the stage's rewards and their weights)" if name == "reward_weights" else "")
+        elif known is not None and name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.7)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             problems[name] = f"unknown field '{name}' of {config_class_name(kind)}{hint}"
