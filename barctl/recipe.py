@@ -115,6 +115,11 @@ class Recipe:
             spec["path"] = str(self.resolve(spec["path"]))
         return spec
 
+    def resolve_judge(self, spec: dict[str, Any]) -> dict[str, Any] | None:
+        """The `judge` of an evaluation domain or a reward, its model path made absolute; None without one."""
+        judge = spec.get("judge")
+        return None if judge is None else {**judge, "path": str(self.resolve(judge["path"]))}
+
     def issue(self, path: tuple, message: str) -> Issue:
         """An Issue located at a YAML path of this manifest."""
         return self.document.issue(path, message)

@@ -131,8 +131,8 @@ def test_expert_names_are_qwen3_moe_legacy_names():
 
 
 def test_apply_with_a_random_qwen3_anchor_and_one_sft_stage(tmp_path, tokenizer_dir):
-    """plan, apply (branch, SFT, merge, export), reload with stock transformers; the untrained expert's
-    merge equals the anchor."""
+    """plan, apply (branch, SFT, merge, router training, export), reload with stock transformers; the
+    untrained expert equals the anchor."""
     from transformers import AutoModelForCausalLM
 
     chats = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
@@ -143,6 +143,7 @@ def test_apply_with_a_random_qwen3_anchor_and_one_sft_stage(tmp_path, tokenizer_
                               "training": {"max_steps": 1, "batch_size": 2, "max_length": 32}}]},
          "code": {}},
         datasets={"chat": {"path": "chat.jsonl", "format": "messages"}},
+        routing={"train": {"fraction": 1.0, "aux_loss_weight": 0.01, "training": {"max_steps": 1, "batch_size": 2}}},
     )
     anchor = json.loads(json.dumps(manifest["base"]["anchor"]))
     anchor["random"]["family"] = "qwen3"
@@ -162,6 +163,8 @@ def test_apply_with_a_random_qwen3_anchor_and_one_sft_stage(tmp_path, tokenizer_
     torch.testing.assert_close(model_logits(code_dir, ids), model_logits(anchor_dir, ids), atol=1e-5, rtol=0)
     with torch.no_grad():
         assert torch.isfinite(moe(torch.tensor(ids)).logits).all()
+    router = lock["router"]["metrics"]
+    assert router["steps"] == 1 and router["trainable_parameters"] == 3 * 32 * 2  # every row of 2 layers' routers
 
     manifest["output"]["architecture"] = "flex_olmo"
     write_manifest(path, manifest)

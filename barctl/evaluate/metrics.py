@@ -14,7 +14,7 @@ from barctl.errors import BarctlError
 from barctl.evaluate.generate import encode_prompt, generate, render_prompt
 from barctl.evaluate.loss import token_loss
 from barctl.recipe import EVAL_COLUMNS, EVAL_FORMATS
-from barctl.rewards import BUILTIN
+from barctl.rewards import resolve
 from barctl.rewards.refusal import harmful_flag
 
 # The manifest's validation (torch-free) owns the tables of formats and columns per metric.
@@ -27,7 +27,7 @@ SAMPLES = 3  # rows shown in a result for a human to read
 
 def evaluate_domain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: datasets.Dataset,
                     metric: str, *, max_new_tokens: int = 256, batch_size: int = 8, max_length: int = 1024,
-                    say: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    say: Callable[[str], None] | None = None, judge: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score `model` on `dataset` (already in barctl's canonical columns) with `metric`.
 
     Every result has `score` (in [0, 1], higher is better), `n` (rows scored) and `rows`
@@ -40,7 +40,8 @@ def evaluate_domain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     `max_length` tokens, which keep their last tokens) and `samples` (the first rows'
     prompt as the model sees it, completion and reward). refusal adds `refusal_rate`
     and `over_refusal_rate` (share of refusals among harmful and among benign rows,
-    null when there are none) and the `harmful` and `benign` row counts.
+    null when there are none) and the `harmful` and `benign` row counts; with a `judge`
+    (`barctl.rewards.judge`, its path absolute) a judge model decides what a refusal is.
 
     loss adds `loss` (mean negative log-likelihood per target token, see
     `barctl.evaluate.loss`), `perplexity` (exp(loss)), `tokens` and `truncated`; its
@@ -63,7 +64,7 @@ def evaluate_domain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         return {"score": math.exp(-result["loss"]), "n": len(dataset), **result,
                 "perplexity": math.exp(result["loss"])}
     return _generative(model, tokenizer, dataset, metric, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       max_length=max_length, progress=progress)
+                       max_length=max_length, progress=progress, judge=judge)
 
 
 def dataset_format(dataset: datasets.Dataset, metric: str) -> str:
@@ -83,7 +84,7 @@ def dataset_format(dataset: datasets.Dataset, metric: str) -> str:
 
 def _generative(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: datasets.Dataset, metric: str,
                 *, max_new_tokens: int, batch_size: int, max_length: int,
-                progress: Callable[[int], None]) -> dict[str, Any]:
+                progress: Callable[[int], None], judge: dict[str, Any] | None) -> dict[str, Any]:
     prompts = list(dataset["prompt"])
     completions: list[str] = []
     for start in range(0, len(prompts), batch_size):
@@ -92,7 +93,7 @@ def _generative(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data
         progress(len(completions))
     # as in TRL's GRPO: every column but the prompt and completion reaches the reward function
     columns = {name: list(dataset[name]) for name in dataset.column_names if name not in ("prompt", "completion")}
-    rewards = BUILTIN[metric](prompts=prompts, completions=completions, **columns)
+    rewards = resolve(metric, judge)(prompts=prompts, completions=completions, **columns)
     result = {
         "score": sum(rewards) / len(rewards),
         "n": len(rewards),

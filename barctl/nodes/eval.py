@@ -32,6 +32,7 @@ def run(ctx: NodeContext) -> dict[str, Any]:
         results[domain] = evaluate_domain(
             model, tokenizer, rows, spec["metric"], max_new_tokens=limits["max_new_tokens"],
             batch_size=limits["batch_size"], max_length=limits["max_length"], say=ctx.say,
+            judge=ctx.recipe.resolve_judge(spec),
         )
         if ctx.config.get("routing_report"):
             routing[domain] = routing_shares(model, tokenizer, [row_text(tokenizer, row) for row in rows],

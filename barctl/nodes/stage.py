@@ -43,6 +43,8 @@ def train_stage(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, An
     if common.on_cpu() and config["training"].get("precision", "fp32") != "fp32":
         ctx.say("no GPU: training in fp32 on the CPU")
     dataset = common.stage_dataset(ctx.recipe, config["mix"])
+    if config["kind"] == "grpo":  # a reward's judge model, at its absolute path
+        config = {**config, "rewards": [{**r, "judge": ctx.recipe.resolve_judge(r)} for r in config["rewards"]]}
     output_dir = common.prepare_work(ctx.work, ctx.node.key, ctx.say)
     trainer = kind.build_trainer(config, model, tokenizer, dataset, output_dir)
     for callback in (common.RestoreAnchor(AnchorGuard(model)), common.Progress(ctx.say, kind.METRIC), *callbacks):

@@ -29,5 +29,5 @@ def build_trainer(config: dict[str, Any], model: PreTrainedModel, tokenizer: Pre
         "num_generations": 4,
         "max_completion_length": training.get("max_length") or 256,
     }, fixed={"reward_weights": [float(r["weight"]) for r in rewards]})
-    return GRPOTrainer(model=model, reward_funcs=[resolve(r["name"]) for r in rewards], args=args,
+    return GRPOTrainer(model=model, reward_funcs=[resolve(r["name"], r.get("judge")) for r in rewards], args=args,
                        train_dataset=dataset, processing_class=tokenizer)
