@@ -127,7 +127,7 @@ def print_evaluations(console: Console, domains: list[str], slots: list[str],
     the routing report, and a warning when the evaluation sets are too small to tell experts from the anchor."""
     from barctl.results import AVERAGE, eval_intervals, eval_scores, routing_report, small_sample_warning
 
-    scores = eval_scores(entries)
+    scores = eval_scores(entries, slots[1:])
     if not scores:
         return
     intervals = eval_intervals(entries)

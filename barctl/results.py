@@ -12,10 +12,15 @@ def _eval_entries(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
     return {entry["config"]["model"]: entry["metrics"] for entry in entries.values() if entry.get("kind") == "eval"}
 
 
-def eval_scores(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Model -> domain -> score, plus the domains' average."""
+def eval_scores(entries: dict[str, dict[str, Any]], experts: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Model -> domain -> score, plus the domains' average; with `experts` (slot order), in the order of
+    BAR's table: the anchor, the experts, the merged model."""
     scores = {}
-    for model, metrics in _eval_entries(entries).items():
+    evaluated = _eval_entries(entries)
+    if experts is not None:
+        order = ["anchor", *(f"experts.{name}" for name in experts), "merged"]
+        evaluated = {model: evaluated[model] for model in order if model in evaluated}
+    for model, metrics in evaluated.items():
         row = {domain: result["score"] for domain, result in metrics["domains"].items()}
         row[AVERAGE] = metrics[AVERAGE]
         scores[model] = row

@@ -79,6 +79,8 @@ def test_model_card_carries_the_table(built):
     manifest, _ = built
     card = (manifest.parent / "out" / "moe" / "README.md").read_text()
     assert "| model | math | general | average |" in card
+    rows = [line.split(" | ")[0].lstrip("| ") for line in card.splitlines() if line.startswith("| ")]
+    assert rows[1:5] == MODELS  # BAR's order: the anchor, the experts as declared, the merged model
     assert all(f"| {model} |" in card for model in MODELS)
     assert "| domain | anchor | math | code |" in card
 

@@ -67,7 +67,7 @@ def evaluation_section(ctx: NodeContext) -> str:
     and the routing report."""
     from barctl.render import routing_cells, routing_title, score_cell
 
-    scores = eval_scores(ctx.upstream)
+    scores = eval_scores(ctx.upstream, [e.name for e in ctx.recipe.experts])
     if not scores:
         return ""
     intervals = eval_intervals(ctx.upstream)
