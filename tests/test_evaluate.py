@@ -23,12 +23,13 @@ def tokenizer(tokenizer_dir):
 
 def tiny_model(tokenizer, family="llama", **overrides):
     from transformers import FlexOlmoConfig, FlexOlmoForCausalLM, LlamaConfig, LlamaForCausalLM
-    from transformers import MixtralConfig, MixtralForCausalLM
+    from transformers import MixtralConfig, MixtralForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     config_cls, model_cls = {
         "llama": (LlamaConfig, LlamaForCausalLM),
         "mixtral": (MixtralConfig, MixtralForCausalLM),
         "flex_olmo": (FlexOlmoConfig, FlexOlmoForCausalLM),
+        "qwen3_moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM),
     }[family]
     config = config_cls(**TINY_CONFIG, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **overrides)
@@ -215,9 +216,9 @@ def test_loss_truncates_sequences_to_max_length(model, tokenizer):
 # routing
 
 
-@pytest.fixture(scope="module", params=["mixtral", "flex_olmo"])
+@pytest.fixture(scope="module", params=["mixtral", "flex_olmo", "qwen3_moe"])
 def moe(request, tokenizer):
-    experts = {"mixtral": "num_local_experts", "flex_olmo": "num_experts"}[request.param]
+    experts = {"mixtral": "num_local_experts", "flex_olmo": "num_experts", "qwen3_moe": "num_experts"}[request.param]
     return tiny_model(tokenizer, request.param, **{experts: 3}, num_experts_per_tok=2)
 
 
