@@ -13,12 +13,14 @@ from barctl.graph import stage_datasets
 from barctl.model.families import family_for
 from barctl.model.source import describe
 from barctl.recipe import EVAL_COLUMNS, Recipe
+from barctl.rewards.checks import grader_issues
 
 SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers")
 
 
 def plan_issues(recipe: Recipe) -> list[Issue]:
-    return _model_issues(recipe) + _data_issues(recipe) + _training_issues(recipe) + _report_to_issues(recipe)
+    return (_model_issues(recipe) + _data_issues(recipe) + _training_issues(recipe) + _report_to_issues(recipe)
+            + grader_issues(recipe))
 
 
 def _model_issues(recipe: Recipe) -> list[Issue]:

@@ -516,7 +516,8 @@ def _build_evals(evals: dict | None) -> dict[str, Any]:
     generation = {**DEFAULT_GENERATION, **evals.get("generation", {})}
     domains = {
         name: {"dataset": spec["dataset"], "metric": spec["metric"], "limit": spec.get("limit"),
-               "generation": {**generation, **spec.get("generation", {})}}
+               "generation": {**generation, **spec.get("generation", {})},
+               **({"judge": spec["judge"]} if "judge" in spec else {})}  # keys without a judge stay as they were
         for name, spec in evals["domains"].items()
     }
     return {"models": list(evals.get("models", EVAL_MODELS)), "domains": domains,

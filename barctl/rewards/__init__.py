@@ -12,6 +12,7 @@ from typing import Callable
 
 from barctl.errors import BarctlError
 from barctl.rewards.code_tests import code_tests
+from barctl.rewards.judge import judged_refusal
 from barctl.rewards.math_answer import math_answer
 from barctl.rewards.refusal import refusal
 from barctl.rewards.symbolic import math_verify
@@ -26,12 +27,17 @@ BUILTIN: dict[str, Callable] = {
 }
 
 
-def resolve(name: str) -> Callable:
+def resolve(name: str, judge: dict | None = None) -> Callable:
     """The reward function called ``name``: a built-in, or ``module:function``.
 
     ``module:function`` imports that module, which runs its code: the manifest's
     author chose to run it, like any training script. It is looked up on sys.path.
+    ``judge``: a judge model's settings (``barctl.rewards.judge``), for ``refusal`` only.
     """
+    if judge is not None:
+        if name != "refusal":
+            raise BarctlError(f"reward {name!r}: only refusal takes a judge")
+        return judged_refusal(judge)
     if name in BUILTIN:
         return BUILTIN[name]
     module_name, _, attribute = name.partition(":")
