@@ -1,13 +1,16 @@
 """Checks that need to look at models and data, run by `plan` before anything trains.
 
-They read configs and the first records of datasets only, never weights, so planning
-stays fast and a refusal (an unsupported family, a missing column) comes before any work.
+They read configs, safetensors headers (never weights) and every row of local data (each
+file once per content), so a refusal (an unsupported family, a truncated model file, a
+bad row 300) comes before any work.
 """
 
 from __future__ import annotations
 
 
+from barctl.data.files import resolve_files, where
 from barctl.data.inspect import check_dataset
+from barctl.data.rows import RowsChecked
 from barctl.errors import BarctlError, Issue, UnsupportedModel
 from barctl.graph import stage_datasets
 from barctl.model.families import family_for
@@ -28,7 +31,9 @@ def _model_issues(recipe: Recipe) -> list[Issue]:
         anchor = describe(recipe.resolve_source(recipe.anchor))
     except BarctlError as error:
         return [recipe.issue(("base", "anchor"), str(error))]
-    issues = []
+    issues = [recipe.issue((*where, "path"), problem) for where, source in
+              ((("base", "anchor"), recipe.anchor), (("base", "pretrained"), recipe.pretrained))
+              for problem in _weights_problems(recipe, source)]
     try:
         family_for(anchor, recipe.output["architecture"])
     except UnsupportedModel as error:
@@ -48,6 +53,16 @@ def _model_issues(recipe: Recipe) -> list[Issue]:
     return issues
 
 
+def _weights_problems(recipe: Recipe, source: dict | None) -> list[str]:
+    """A local model directory's safetensors files checked whole (header against size) before anything is stored."""
+    from barctl.model.hfdir import safetensors_problem
+
+    if not source or "path" not in source or not recipe.resolve(source["path"]).is_dir():
+        return []
+    files = sorted(recipe.resolve(source["path"]).glob("*.safetensors"))
+    return [problem for problem in map(safetensors_problem, files) if problem]
+
+
 def _data_issues(recipe: Recipe) -> list[Issue]:
     """Every dataset a stage or an evaluation reads, with the columns its evaluation metrics need."""
     required: dict[str, set[str]] = {name: set() for expert in recipe.experts for stage in expert.stages
@@ -55,10 +70,22 @@ def _data_issues(recipe: Recipe) -> list[Issue]:
     for domain in recipe.evals.get("domains", {}).values():
         required.setdefault(domain["dataset"], set()).update(EVAL_COLUMNS[domain["metric"]])
     issues = []
+    checked = RowsChecked(recipe.state_dir)
     for name in sorted(required):
-        problems = check_dataset(recipe.dataset_spec(name), tuple(sorted(required[name])))
+        spec, columns = recipe.dataset_spec(name), tuple(sorted(required[name]))
+        problems = check_dataset(spec, columns) or _row_problems(checked, spec, columns)
         issues += [recipe.issue(("datasets", name), problem) for problem in problems]
+    checked.save()
     return issues
+
+
+def _row_problems(checked: RowsChecked, spec: dict, columns: tuple[str, ...]) -> list[str]:
+    """Every row of a local dataset (its first records passed already), once per file content."""
+    if spec.get("hub"):
+        return []
+    mapping = spec.get("columns") or {}
+    return [f"{where(spec, file)}: {problem}" for file in resolve_files(spec)
+            for problem in checked.problems(file, spec["format"], mapping, columns)]
 
 
 def _training_issues(recipe: Recipe) -> list[Issue]:

@@ -43,6 +43,8 @@ class Plan:
     actions: list[Action]
     targets: list[str] = field(default_factory=list)
     trainable: dict[str, int] = field(default_factory=dict)  # stage node -> trainable parameters
+    costs: dict[str, dict[str, Any]] = field(default_factory=dict)  # training node -> tokens, FLOPs (barctl.cost)
+    cost_total: dict[str, Any] = field(default_factory=dict)
     format: int = PLAN_FORMAT
 
     @property

@@ -56,6 +56,8 @@ class Project:
         )
         counts = self.trainable_counts()
         plan.trainable = {a.node_id: counts[a.node_id] for a in plan.to_run if a.node_id in counts}
+        plan.costs = plan_costs(self.recipe, [a.node_id for a in plan.to_run])
+        plan.cost_total = total(plan.costs)
         self.store.save_cache()
         return plan
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from barctl.errors import Issue, ManifestError
 from barctl.paths import path_issues
+from barctl.semantics import run_issues, value_issues
 from barctl.yamlload import LoadedYaml, load_yaml
 
 # Shipped inside the package; in a checkout it links to schemas/manifest.schema.json (for editors).
@@ -220,7 +221,7 @@ def semantic_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
     """
     issues: list[Issue] = []
     for check in (_base_issues, _datasets_issues, _experts_issues, _routing_issues, path_issues,
-                  _evals_issues, _gates_issues):
+                  _evals_issues, _gates_issues, value_issues, run_issues):
         try:
             issues += check(loaded, root)
         except (KeyError, TypeError, AttributeError, ValueError):

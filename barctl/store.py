@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from barctl.data.fingerprint import FingerprintCache, file_digest
 from barctl.errors import BarctlError
+from barctl.model.hfdir import safetensors_problem
 from barctl.paths import OUTPUT_MARKER, output_dir_problem
 
 
@@ -59,7 +60,14 @@ class Store:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def commit(self, staged: Path, key: str) -> Artifact:
-        """Move a finished artifact into the store, replacing a damaged one with that key."""
+        """Move a finished artifact into the store, replacing a damaged one with that key.
+
+        Its safetensors files must be whole: a truncated model never enters the store.
+        """
+        for weights in sorted(staged.rglob("*.safetensors")):
+            problem = safetensors_problem(weights)
+            if problem:
+                raise BarctlError(problem.replace(str(staged), "the artifact"))
         final = self.path_for(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():

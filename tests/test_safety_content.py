@@ -110,3 +110,40 @@ def test_gates_read_scores_from_the_evaluation_artifact_not_the_lockfile(tmp_pat
     results = json.loads((tmp_path / _entries(manifest)["eval.merged"]["artifact"]["path"] / "results.json")
                          .read_text())
     assert results["domains"]["general"]["score"] < 1.0
+
+
+def test_a_truncated_safetensors_file_never_enters_the_store(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from barctl.errors import BarctlError
+    from barctl.store import Store
+
+    store = Store(tmp_path)
+    with store.staging("ab" * 32) as staged:
+        save_file({"w": np.ones((4, 4), dtype=np.float32)}, str(staged / "model.safetensors"))
+        whole = (staged / "model.safetensors").read_bytes()
+        (staged / "model.safetensors").write_bytes(whole[:-10])
+        with pytest.raises(BarctlError, match="is incomplete: its header describes 64 bytes of tensors, "
+                                              "the file holds 54"):
+            store.commit(staged, "ab" * 32)
+    assert not store.path_for("ab" * 32).exists()
+
+
+def test_plan_refuses_a_local_anchor_with_a_cut_short_safetensors_file(built):
+    import shutil
+
+    from tests.projects import write_manifest, tiny_manifest
+
+    root = built.parent
+    anchor = root / "models" / "anchor"
+    shutil.copytree(root / _entries(built)["base"]["artifact"]["path"] / "anchor", anchor)
+    weights = anchor / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    manifest = tiny_manifest()
+    manifest["base"]["anchor"] = {"path": "models/anchor"}
+    write_manifest(built, manifest)
+    result = barctl("plan", built)
+    assert result.exit_code == 1
+    line = next(i for i, row in enumerate(built.read_text().splitlines(), 1) if "path: models/anchor" in row)
+    assert f"{built}:{line}:" in result.output and "model.safetensors is incomplete" in result.output

@@ -54,6 +54,35 @@ def safetensors_names(path: Path) -> list[str]:
     return [name for name in header if name != "__metadata__"]
 
 
+MAX_HEADER = 100 * 2**20  # the safetensors format's own limit
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file is damaged or incomplete (its header against its size), or None.
+
+    Reads the header only: a file cut short by a failed copy or download is caught before
+    it is stored or loaded.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{path} is not a safetensors file: {size} bytes, less than its 8-byte header length"
+        (length,) = struct.unpack("<Q", head)
+        if length > min(MAX_HEADER, size - 8):
+            return f"{path} is cut short or not a safetensors file: its header claims {length:,} bytes"
+        try:
+            header = json.loads(f.read(length))
+            ends = [int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            return f"{path} has a damaged safetensors header ({e})"
+    data = size - 8 - length
+    if max(ends, default=0) != data:
+        return (f"{path} is incomplete: its header describes {max(ends, default=0):,} bytes of tensors, "
+                f"the file holds {data:,}")
+    return None
+
+
 def copy_side_files(src_dir: Path, dst_dir: Path) -> list[str]:
     """Copy tokenizer, generation config, chat template and other non-weight files; return their names."""
     copied = []
