@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from barctl.cost import plan_costs, total
 from barctl.errors import ManifestError
 from barctl.graph import Graph, build_graph
 from barctl.lock import Lockfile

@@ -36,9 +36,28 @@ def print_plan(console: Console, plan: Plan, title: str) -> None:
             console.print(f"        [dim]# because {escape(reason)}[/]")
         if action.node_id in plan.trainable:
             console.print(f"        [dim]# trains {plan.trainable[action.node_id]:,} parameters[/]")
+        if action.node_id in plan.costs:
+            console.print(f"        [dim]# {cost_text(plan.costs[action.node_id])}[/]")
     kept = len(plan.actions) - len(changes)
     console.print()
     console.print(summary_line("Plan", plan.counts()) + (f" ({kept} unchanged)" if kept else ""))
+    if plan.costs:
+        console.print(total_cost_line(plan.cost_total))
+
+
+def cost_text(cost: dict[str, Any]) -> str:
+    """One training node's estimate: tokens, and FLOPs as 6 x active parameters x tokens."""
+    if cost["tokens"] is None:
+        return (f"tokens unknown until the data is read (a mix by fractions); "
+                f"{cost['compute_parameters']:,} active parameters per token")
+    return (f"at most {cost['tokens']:,} tokens, {cost['flops']:.3g} FLOPs "
+            f"(6 x {cost['compute_parameters']:,} active parameters per token x tokens)")
+
+
+def total_cost_line(cost_total: dict[str, Any]) -> str:
+    unknown = f", not counting {', '.join(cost_total['unknown'])}" if cost_total["unknown"] else ""
+    return (f"Training: at most {cost_total['tokens']:,} tokens, {cost_total['flops']:.3g} FLOPs{unknown} "
+            f"(estimates from the config: see `barctl.cost`).")
 
 
 def summary_line(prefix: str, counts: dict[str, int]) -> str:

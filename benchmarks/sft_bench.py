@@ -241,7 +241,7 @@ def child_a(project: Path, run_dir: Path) -> dict:
         "variant": "A",
         "steps": metrics["steps"],
         "tokens": int(metrics["tokens"]),
-        "seconds": float(metrics["seconds"]),  # the stage's own timer around trainer.train()
+        "seconds": float(metrics["train_seconds"]),  # the stage's own timer around trainer.train()
         "train_loss": metrics["train_loss"],
         "trainable_parameters": metrics["trainable_parameters"],
         "project_load_s": round(project_load_s, 3),

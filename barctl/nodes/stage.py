@@ -70,6 +70,6 @@ def train_stage(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, An
         "reward" if kind.METRIC == "reward" else "train_loss": logged[-1] if logged else None,
         "steps": state.global_step,
         "tokens": state.num_input_tokens_seen,
-        "seconds": round(seconds, 2),
+        "train_seconds": round(seconds, 2),  # trainer.train() alone; apply records the node's wall time as seconds
         "trainable_parameters": sum(counts.values()),
     }
