@@ -57,7 +57,7 @@ def cost_text(cost: dict[str, Any]) -> str:
 def total_cost_line(cost_total: dict[str, Any]) -> str:
     unknown = f", not counting {', '.join(cost_total['unknown'])}" if cost_total["unknown"] else ""
     return (f"Training: at most {cost_total['tokens']:,} tokens, {cost_total['flops']:.3g} FLOPs{unknown} "
-            f"(estimates from the config: see `barctl.cost`).")
+            f"(upper bounds from the settings, not the data).")
 
 
 def summary_line(prefix: str, counts: dict[str, int]) -> str:
