@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from barctl.errors import Issue, ManifestError
+from barctl.gates import CI95, OWN_EXPERT
 from barctl.paths import path_issues
 from barctl.semantics import run_issues, value_issues
 from barctl.yamlload import LoadedYaml, load_yaml
@@ -196,6 +197,8 @@ def _issues_from_schema_error(loaded: LoadedYaml, error: Any) -> list[Issue]:
         return [loaded.issue(path + (error.instance,), _name_message(path, error.instance), at_key=True)]
     if validator == "oneOf" and path[-1:] == ("top_k",):
         return [loaded.issue(path, f"must be a positive integer or 'all', got {error.instance!r}")]
+    if validator in ("oneOf", "pattern") and path[:1] == ("gates",) and path[-1] in _GATE_VALUES:
+        return [loaded.issue(path, f"must be {_GATE_VALUES[path[-1]]}, got {error.instance!r}")]
     if validator == "const":
         return [loaded.issue(path, f"must be {error.validator_value!r}, got {error.instance!r}")]
     if validator == "minProperties" and path == ("experts",):
@@ -406,39 +409,96 @@ def _gates_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
     evals = loaded.data.get("evals")
     if evals is None:
         return [loaded.issue(("gates",), "gates compare evaluation results: declare `evals` too")]
-    experts = loaded.data["experts"]
     models = evals.get("models", list(EVAL_MODELS))
-    domains = set(evals["domains"])
     issues = []
     for index, gate in enumerate(gates):
         where = ("gates", index)
-        for key in ("model", "at_least"):
-            value = gate.get(key)
-            if not isinstance(value, str) or value == "own_expert":
-                continue
-            evaluated = value.split(".")[0] in models
-            if value.startswith("experts."):
-                expert = value.split(".", 1)[1]
-                if expert not in experts:
-                    issues.append(loaded.issue(where + (key,),
-                        f"unknown expert '{expert}'{_did_you_mean(expert, sorted(experts))}"))
-                    continue
-            if not evaluated:
+        issues += _gate_model_issues(loaded, where, gate, models)
+        issues += _gate_combination_issues(loaded, where, gate)
+        issues += _gate_domain_issues(loaded, where, gate, set(evals["domains"]))
+    return issues
+
+
+_GATE_MODEL_KEYS = ("model", "at_least", "over")
+_GATE_MODELS = "anchor, merged, own_expert or experts.<name>"
+_GATE_VALUES = {"model": _GATE_MODELS, "over": _GATE_MODELS, "at_least": f"a number or a model ({_GATE_MODELS})",
+                "tolerance": "a number (0 or more) or 'ci95'"}
+
+
+def _gate_model_issues(loaded: LoadedYaml, where: tuple, gate: dict, models: list[str]) -> list[Issue]:
+    """Every model a gate names must exist, be evaluated, and differ from the gate's other models."""
+    experts = loaded.data["experts"]
+    issues = []
+    named: dict[str, str] = {}
+    for key in _GATE_MODEL_KEYS:
+        value = gate.get(key)
+        if not isinstance(value, str):
+            continue
+        if value in named:
+            issues.append(loaded.issue(where + (key,),
+                f"{value} is already the gate's {named[value]}: the gate would compare a model with itself"))
+        named.setdefault(value, key)
+        if value == OWN_EXPERT:
+            if "experts" not in models:
+                issues.append(loaded.issue(where + (key,), "own_expert needs 'experts' in evals.models"))
+            continue
+        if value.split(".")[0] not in EVAL_MODELS:
+            continue  # not a model name at all: the schema said so
+        if value.startswith("experts."):
+            expert = value.split(".", 1)[1]
+            if expert not in experts:
                 issues.append(loaded.issue(where + (key,),
-                    f"{value} is not evaluated: add '{value.split('.')[0]}' to evals.models"))
-        if gate.get("at_least") == "own_expert" and "experts" not in models:
-            issues.append(loaded.issue(where + ("at_least",), "own_expert needs 'experts' in evals.models"))
-        for d_index, domain in enumerate(gate.get("domains", [])):
-            if domain != "average" and domain not in domains:
-                issues.append(loaded.issue(where + ("domains", d_index),
-                    f"unknown domain '{domain}'{_did_you_mean(domain, sorted(domains))}"))
-            elif gate.get("at_least") == "own_expert" and domain not in experts:
-                issues.append(loaded.issue(where + ("domains", d_index),
-                    f"own_expert: no expert is named '{domain}'"))
-        if gate.get("at_least") == "own_expert" and "domains" not in gate and not domains & set(experts):
-            issues.append(loaded.issue(where + ("at_least",),
-                "own_expert compares each domain with the expert of the same name, but no domain is named "
-                "like an expert"))
+                    f"unknown expert '{expert}'{_did_you_mean(expert, sorted(experts))}"))
+                continue
+        if value.split(".")[0] not in models:
+            issues.append(loaded.issue(where + (key,),
+                f"{value} is not evaluated: add '{value.split('.')[0]}' to evals.models"))
+    return issues
+
+
+def _gate_combination_issues(loaded: LoadedYaml, where: tuple, gate: dict) -> list[Issue]:
+    """Options that need each other, or that contradict each other."""
+    issues = []
+    numeric = not isinstance(gate.get("at_least"), str)
+    if "keep" in gate and "over" not in gate:
+        issues.append(loaded.issue(where + ("keep",),
+            "keep needs `over`: the model the gain is measured from (e.g. over: anchor)"))
+    if "over" in gate and "keep" not in gate:
+        issues.append(loaded.issue(where + ("over",), "over needs `keep`: the share of the gain to keep (e.g. keep: 0.8)"))
+    if "keep" in gate and numeric:
+        issues.append(loaded.issue(where + ("at_least",),
+            "keep measures at_least's gain over `over`: at_least must be a model, not a number"))
+    if gate.get("intervals_apart"):
+        if numeric:
+            issues.append(loaded.issue(where + ("intervals_apart",),
+                "intervals_apart compares two models' 95% intervals, but at_least is a number "
+                "(compare with a model, or drop intervals_apart)"))
+        if "keep" in gate:
+            issues.append(loaded.issue(where + ("intervals_apart",),
+                "intervals_apart compares two models' 95% intervals; keep's reference is a computed score "
+                "without one (use tolerance: ci95, or a separate gate)"))
+        if gate.get("tolerance"):
+            issues.append(loaded.issue(where + ("tolerance",),
+                "tolerance loosens a condition that intervals_apart tightens: give one or the other"))
+    return issues
+
+
+def _gate_domain_issues(loaded: LoadedYaml, where: tuple, gate: dict, domains: set[str]) -> list[Issue]:
+    """A gate's domains must be evaluated; with own_expert, each must be named like an expert."""
+    experts = loaded.data["experts"]
+    own = next((key for key in _GATE_MODEL_KEYS if gate.get(key) == OWN_EXPERT), None)
+    issues = []
+    for d_index, domain in enumerate(gate.get("domains", [])):
+        if domain != "average" and domain not in domains:
+            issues.append(loaded.issue(where + ("domains", d_index),
+                f"unknown domain '{domain}'{_did_you_mean(domain, sorted(domains))}"))
+        elif own and domain not in experts:
+            issues.append(loaded.issue(where + ("domains", d_index),
+                f"own_expert: no expert is named '{domain}'"))
+    if own and "domains" not in gate and not domains & set(experts):
+        issues.append(loaded.issue(where + (own,),
+            "own_expert compares each domain with the expert of the same name, but no domain is named "
+            "like an expert"))
     return issues
 
 
@@ -529,18 +589,33 @@ def _build_gate(gate: dict, data: dict) -> dict[str, Any]:
     domains = gate.get("domains")
     if domains is None:
         names = list(data["evals"]["domains"])
-        domains = [d for d in names if d in data["experts"]] if gate["at_least"] == "own_expert" else names
+        own = OWN_EXPERT in (gate["model"], gate["at_least"], gate.get("over"))
+        domains = [d for d in names if d in data["experts"]] if own else names
     resolved = {"model": gate["model"], "at_least": gate["at_least"], "domains": domains,
                 "tolerance": gate.get("tolerance", 0)}
+    # the newer conditions appear only when asked for, so that existing gates keep their node key
+    if gate.get("intervals_apart"):
+        resolved["intervals_apart"] = True
+    if "keep" in gate:
+        resolved.update(keep=gate["keep"], over=gate["over"])
     return {"name": gate.get("name") or gate_description(resolved), **resolved}
 
 
 def gate_description(gate: dict) -> str:
-    """E.g. "merged >= anchor - 0.02 on math, code"."""
-    tolerance = f" - {gate['tolerance']:g}" if gate["tolerance"] else ""
+    """E.g. "merged >= anchor - 0.02 on math, code", "own_expert > anchor (95% intervals apart) on math",
+    "merged keeps 80% of own_expert's gain over anchor on math"."""
+    tolerance = gate["tolerance"]
+    slack = f" - {tolerance:g}" if tolerance and tolerance != CI95 else ""
+    within = " (within 95% intervals)" if tolerance == CI95 else ""
     at_least = gate["at_least"]
     reference = f"{at_least:g}" if isinstance(at_least, (int, float)) else at_least
-    return f"{gate['model']} >= {reference}{tolerance} on {', '.join(gate['domains'])}"
+    if "keep" in gate:
+        condition = f"{gate['model']} keeps {gate['keep'] * 100:g}% of {reference}'s gain over {gate['over']}"
+    elif gate.get("intervals_apart"):
+        condition = f"{gate['model']} > {reference} (95% intervals apart)"
+    else:
+        condition = f"{gate['model']} >= {reference}"
+    return f"{condition}{slack}{within} on {', '.join(gate['domains'])}"
 
 
 # -- helpers --------------------------------------------------------------------------

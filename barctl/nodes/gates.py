@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from barctl.errors import BarctlError
-from barctl.gates import gate_failures
+from barctl.gates import Intervals, Scores, gate_failures, uses_intervals
 from barctl.graph import evaluated_models
 from barctl.nodes import NodeContext
 from barctl.results import AVERAGE, average
@@ -14,7 +14,9 @@ from barctl.results import AVERAGE, average
 
 def run(ctx: NodeContext) -> dict[str, Any]:
     gates = ctx.config["gates"]
-    failures = gate_failures(gates, artifact_scores(ctx))
+    results = artifact_results(ctx)
+    intervals = artifact_intervals(ctx, results) if any(uses_intervals(g) for g in gates) else None
+    failures = gate_failures(gates, artifact_scores(results), intervals)
     if failures:
         raise BarctlError("; ".join(failures) + ". Every artifact built so far is kept; the export waits "
                           "until the gates pass (see `barctl eval` for the scores)")
@@ -22,12 +24,31 @@ def run(ctx: NodeContext) -> dict[str, Any]:
     return {"passed": [g["name"] for g in gates]}
 
 
-def artifact_scores(ctx: NodeContext) -> dict[str, dict[str, float]]:
-    """Model -> domain -> score, read from the evaluations' results.json (their content was
-    checked before this node ran), never from the lockfile's copy, which anyone can edit."""
+def artifact_results(ctx: NodeContext) -> dict[str, dict[str, Any]]:
+    """Model -> domain -> its result (score and per-row results), read from the evaluations' results.json
+    (their content was checked before this node ran), never from the lockfile's copy, which anyone can edit."""
+    return {model: json.loads((ctx.inputs[node_id] / "results.json").read_text(encoding="utf-8"))["domains"]
+            for node_id, model in evaluated_models(ctx.recipe)}
+
+
+def artifact_scores(results: dict[str, dict[str, Any]]) -> Scores:
+    """Model -> domain -> score, plus the domains' average."""
     scores = {}
-    for node_id, model in evaluated_models(ctx.recipe):
-        results = json.loads((ctx.inputs[node_id] / "results.json").read_text(encoding="utf-8"))
-        row = {domain: float(result["score"]) for domain, result in results["domains"].items()}
+    for model, domains in results.items():
+        row = {domain: float(result["score"]) for domain, result in domains.items()}
         scores[model] = {**row, AVERAGE: average(row)}
     return scores
+
+
+def artifact_intervals(ctx: NodeContext, results: dict[str, dict[str, Any]]) -> Intervals:
+    """Model -> domain -> 95% interval, plus the average's: drawn from the per-row results exactly as
+    the evaluation's table and lockfile draw them."""
+    from barctl.evaluate.intervals import average_interval, score_interval
+
+    metrics = {domain: spec["metric"] for domain, spec in ctx.recipe.evals["domains"].items()}
+    intervals = {}
+    for model, domains in results.items():
+        row = {domain: score_interval(metrics[domain], result["rows"], domain) for domain, result in domains.items()}
+        row[AVERAGE] = average_interval({d: (metrics[d], result["rows"]) for d, result in domains.items()})
+        intervals[model] = row
+    return intervals
