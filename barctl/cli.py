@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +31,14 @@ class Command(click.Command):
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except OSError as error:
+                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                place = f" ({error.filename})" if error.filename else ""
+                raise BarctlError(f"no space left on the device{place}: free some and run the command again; "
+                                  "every node finished before is kept") from None
         except BarctlError as error:
             if ctx.params.get("as_json"):
                 _print_json_error(str(error), error.issues if isinstance(error, ManifestError) else [])

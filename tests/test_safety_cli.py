@@ -65,3 +65,26 @@ def test_trl_fields_barctl_sets_are_refused_at_plan(tmp_path, tokenizer_dir, kin
     result = barctl("plan", path)
     assert result.exit_code == 1, result.output
     assert f"experts.math.stages[0].training.trl.{field}: barctl sets it itself" in result.output
+
+
+def test_a_full_disk_is_a_clean_error_and_keeps_what_was_built(tmp_path, tokenizer_dir, monkeypatch):
+    import errno
+
+    from barctl.store import Store
+
+    path = make_project(tmp_path, tokenizer_dir)
+    original = Store.commit
+    calls = []
+
+    def commit(self, staged, key):
+        calls.append(key)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path_for(key)))
+        return original(self, staged, key)
+
+    monkeypatch.setattr(Store, "commit", commit)
+    result = barctl("apply", path, "--auto-approve")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "no space left on the device" in result.output and "every node finished before is kept" in result.output
+    monkeypatch.setattr(Store, "commit", original)
+    assert list(json.loads(barctl("show", path, "--json").output)) == ["base"]

@@ -147,3 +147,19 @@ def test_plan_refuses_a_local_anchor_with_a_cut_short_safetensors_file(built):
     assert result.exit_code == 1
     line = next(i for i, row in enumerate(built.read_text().splitlines(), 1) if "path: models/anchor" in row)
     assert f"{built}:{line}:" in result.output and "model.safetensors is incomplete" in result.output
+
+
+def test_a_gguf_header_that_claims_more_than_the_file_holds_is_refused_at_plan(tmp_path, tokenizer_dir):
+    import struct
+
+    from tests.projects import tiny_manifest
+
+    lying = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 2**62) + b"general.architecture" + bytes(64)
+    (tmp_path / "model.gguf").write_bytes(lying)
+    manifest = tiny_manifest()
+    manifest["base"]["anchor"] = {"path": "model.gguf"}
+    path = make_project(tmp_path, tokenizer_dir, manifest)
+    result = barctl("plan", path)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "corrupt GGUF header (it claims a string of 4,611,686,018,427,387,904 bytes at byte 32, " \
+           "but only 84 bytes follow)" in result.output

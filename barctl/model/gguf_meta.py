@@ -6,6 +6,7 @@ this reader skips array contents and keeps their lengths, which is what planning
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ def read_gguf_meta(path: Path) -> GGUFMeta:
             if version < 2:
                 raise BarctlError(f"{path}: GGUF version {version} is too old; re-convert it with llama.cpp")
             tensor_count, kv_count = _unpack(f, "<QQ")
+            _check_fits(f, kv_count * 12 + tensor_count * 24, f"{kv_count:,} fields and {tensor_count:,} tensors")
             meta = GGUFMeta()
             for _ in range(kv_count):
                 key = _read_string(f)
@@ -107,7 +109,15 @@ def _unpack(f: BinaryIO, fmt: str) -> tuple:
 
 def _read_string(f: BinaryIO) -> str:
     (n,) = _unpack(f, "<Q")
+    _check_fits(f, n, f"a string of {n:,} bytes")
     return f.read(n).decode("utf-8")
+
+
+def _check_fits(f: BinaryIO, size: int, what: str) -> None:
+    """A header that claims more than the file holds is damaged or hostile: refuse it before reading."""
+    remaining = os.fstat(f.fileno()).st_size - f.tell()
+    if size > remaining:
+        raise struct.error(f"it claims {what} at byte {f.tell():,}, but only {remaining:,} bytes follow")
 
 
 def _read_value(f: BinaryIO, vtype: int):
@@ -118,6 +128,8 @@ def _read_value(f: BinaryIO, vtype: int):
 
 def _skip_array(f: BinaryIO) -> int:
     etype, count = _unpack(f, "<IQ")
+    element = 8 if etype in (_STRING, _ARRAY) else struct.calcsize(_SCALARS[etype])
+    _check_fits(f, count * element, f"an array of {count:,} items")
     if etype == _STRING:
         for _ in range(count):
             (n,) = _unpack(f, "<Q")
