@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,9 @@ import yaml
 
 from barctl.evaluate.intervals import wilson
 from barctl.gates import gate_failures
-from barctl.results import small_sample_warning
-from tests.projects import apply, barctl, make_project, plan_json, tiny_manifest, write_manifest
+from barctl.recipe import load_recipe
+from barctl.results import eval_intervals, eval_scores, small_sample_warning
+from tests.projects import apply, barctl, changed, make_project, plan_json, tiny_manifest, write_manifest
 
 CHATS = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
                        {"role": "assistant", "content": f"The answer is {a + b}."}]} for a in range(5) for b in range(4)]
@@ -202,6 +205,45 @@ def test_a_failing_gate_fails_apply_keeps_artifacts_and_holds_the_export(tmp_pat
     assert not (tmp_path / "out" / "moe").exists()
     assert {n: a["action"] for n, a in plan_json(manifest).items() if a["action"] != "keep"} == {
         "gates": "create", "export": "create"}
+
+
+def copy_project(source: Path, target: Path) -> Path:
+    """A copy of a built project; the store's artifacts (never written in place) are hard links."""
+    def link_or_copy(src: str, dst: str) -> None:
+        (os.link if f"{os.sep}store{os.sep}" in src else shutil.copy2)(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_or_copy)
+    return target / "bar.yaml"
+
+
+def test_interval_gates_on_a_built_project_judge_the_tables_numbers(built, tmp_path):
+    """Only the gates and the export run; the gates draw intervals from the stored rows and reach the
+    verdicts, with the numbers, that the lock's scores and intervals (the table's) give."""
+    manifest = copy_project(built[0].parent, tmp_path / "copy")
+    document = yaml.safe_load(manifest.read_text())
+    document["gates"] = [{"model": "own_expert", "at_least": "anchor", "intervals_apart": True},
+                         {"model": "merged", "at_least": "own_expert", "keep": 0.8, "over": "anchor",
+                          "tolerance": "ci95"},
+                         {"model": "merged", "at_least": "anchor", "tolerance": "ci95"},
+                         {"name": "unreachable", "model": "merged", "at_least": 1.0, "tolerance": "ci95",
+                          "domains": ["general"]}]
+    manifest.unlink()  # a hard link would write through to the original
+    write_manifest(manifest, document)
+    assert changed(plan_json(manifest)) == {"gates": "rebuild", "export": "rebuild"}
+    entries = lock(manifest)
+    gates = [dict(gate) for gate in load_recipe(manifest).gates]
+    assert [g["name"] for g in gates[:2]] == ["own_expert > anchor (95% intervals apart) on math",
+                                              "merged keeps 80% of own_expert's gain over anchor (within 95% "
+                                              "intervals) on math"]
+    expected = gate_failures(gates, eval_scores(entries), eval_intervals(entries))
+    low, high = eval_intervals(entries)["merged"]["general"]
+    assert f"gate 'unreachable' failed on general: merged scored {eval_scores(entries)['merged']['general']:.4f} " \
+           f"[{low:.4f}, {high:.4f}], its 95% interval entirely below the threshold 1.0000" in expected
+    result = barctl("apply", manifest, "--auto-approve")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    output = " ".join(result.output.split())
+    assert all(" ".join(failure.split()) in output for failure in expected), (expected, result.output)
+    assert output.count("gate '") == len(expected)
 
 
 SCORES = {"anchor": {"math": 0.5, "code": 0.4, "average": 0.45},
