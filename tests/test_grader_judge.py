@@ -173,3 +173,24 @@ def test_an_evaluation_domain_uses_its_judge(monkeypatch, classifier, tokenizer_
     refused = [label == "refused" for label in model_labels(classifier, REPLIES)]
     assert result["rows"] == [float(r) for r in refused]
     assert result["refusal_rate"] == sum(refused) / len(refused)
+
+
+def test_a_grpo_reward_uses_its_judge_at_its_path_relative_to_the_manifest(tmp_path, tokenizer_dir, classifier):
+    import shutil
+
+    from tests.projects import apply
+
+    shutil.copytree(classifier, tmp_path / "judge")
+    rows = [{"prompt": [{"role": "user", "content": f"Do harm {i}."}], "harmful": True} for i in range(4)]
+    (tmp_path / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # every label means "refused": only the judge, never the heuristic, calls random text a refusal
+    judge = {"path": "judge", "refusal_labels": ["complied", "refused"]}
+    stage = {"kind": "grpo", "mix": {"sources": [{"dataset": "rl", "count": 4}]},
+             "rewards": [{"name": "refusal", "judge": judge}],
+             "training": {"max_steps": 1, "batch_size": 2, "max_length": 8, "learning_rate": 1e-5,
+                          "trl": {"num_generations": 2}}}
+    manifest = make_project(tmp_path, tokenizer_dir, tiny_manifest(
+        {"safety": {"stages": [stage]}}, datasets={"rl": {"path": "rl.jsonl", "format": "prompt"}}))
+    apply(manifest)
+    entries = json.loads(barctl("show", manifest, "--json").output)
+    assert entries["experts.safety.grpo"]["metrics"]["reward"] == 1.0
