@@ -190,8 +190,11 @@ def _add_evals(b: "_Builder", recipe: Recipe, fingerprints: "Fingerprints", base
     if not recipe.evals:
         return []
     domains = recipe.evals["domains"]
-    data = {name: fingerprints.dataset(recipe.datasets[name])
-            for name in sorted({d["dataset"] for d in domains.values()})}
+
+    def data(evaluated: dict[str, Any]) -> dict[str, Any]:
+        return {name: fingerprints.dataset(recipe.datasets[name])
+                for name in sorted({d["dataset"] for d in evaluated.values()})}
+
     nodes = []
     for node_id, model in evaluated_models(recipe):
         config: dict[str, Any] = {"model": model, "domains": domains}
@@ -201,8 +204,11 @@ def _add_evals(b: "_Builder", recipe: Recipe, fingerprints: "Fingerprints", base
             inputs = [merge, router]
             config["routing_report"] = recipe.evals["routing_report"]
         else:
-            inputs = [expert_heads[model.removeprefix("experts.")]]
-        nodes.append(b.add(node_id, "eval", config, inputs, data))
+            expert = model.removeprefix("experts.")
+            inputs = [expert_heads[expert]]
+            if recipe.evals["expert_domains"] == "own":
+                config["domains"] = {expert: domains[expert]}
+        nodes.append(b.add(node_id, "eval", config, inputs, data(config["domains"])))
     return nodes
 
 

@@ -396,6 +396,12 @@ def _evals_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
             wanted = " or ".join(EVAL_FORMATS[metric])
             issues.append(loaded.issue(where + ("dataset",),
                 f"dataset '{name}' has format {datasets[name]['format']}; metric {metric} needs {wanted}"))
+    if evals.get("expert_domains") == "own" and "experts" in evals.get("models", EVAL_MODELS):
+        unevaluated = [e for e in loaded.data.get("experts", {}) if e not in evals["domains"]]
+        if unevaluated:
+            issues.append(loaded.issue(("evals", "expert_domains"),
+                f"expert_domains: own evaluates each expert on the domain of its name; no domain is named "
+                f"{', '.join(repr(e) for e in unevaluated)}"))
     if "average" in evals["domains"]:
         issues.append(loaded.issue(("evals", "domains", "average"),
             "'average' is the name of the column of means; give the domain another name", at_key=True))
@@ -416,6 +422,8 @@ def _gates_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
         issues += _gate_model_issues(loaded, where, gate, models)
         issues += _gate_combination_issues(loaded, where, gate)
         issues += _gate_domain_issues(loaded, where, gate, set(evals["domains"]))
+        if evals.get("expert_domains") == "own":
+            issues += _gate_own_domain_issues(loaded, where, gate, list(evals["domains"]))
     return issues
 
 
@@ -502,6 +510,28 @@ def _gate_domain_issues(loaded: LoadedYaml, where: tuple, gate: dict, domains: s
     return issues
 
 
+def _gate_own_domain_issues(loaded: LoadedYaml, where: tuple, gate: dict, domains: list[str]) -> list[Issue]:
+    """With evals.expert_domains: own, an expert named by the gate has a score only on the domain of its name
+    (own_expert always does)."""
+    issues = []
+    for key in _GATE_MODEL_KEYS:
+        value = gate.get(key)
+        if not (isinstance(value, str) and value.startswith("experts.")):
+            continue
+        expert = value.split(".", 1)[1]
+        if "domains" not in gate:
+            if domains != [expert]:
+                issues.append(loaded.issue(where + (key,),
+                    f"{value} is evaluated only on {expert} (evals.expert_domains: own), and the gate's domains "
+                    f"default to all of them: give `domains: [{expert}]`, or use own_expert"))
+            continue
+        for d_index, domain in enumerate(gate["domains"]):
+            if domain != expert:
+                issues.append(loaded.issue(where + ("domains", d_index),
+                    f"{value} is evaluated only on {expert} (evals.expert_domains: own), not on {domain}"))
+    return issues
+
+
 # -- construction -------------------------------------------------------------------
 
 
@@ -582,6 +612,7 @@ def _build_evals(evals: dict | None) -> dict[str, Any]:
         for name, spec in evals["domains"].items()
     }
     return {"models": list(evals.get("models", EVAL_MODELS)), "domains": domains,
+            "expert_domains": evals.get("expert_domains", "all"),
             "routing_report": evals.get("routing_report", True)}
 
 

@@ -20,19 +20,27 @@ def eval_scores(entries: dict[str, dict[str, Any]], experts: list[str] | None = 
     if experts is not None:
         order = ["anchor", *(f"experts.{name}" for name in experts), "merged"]
         evaluated = {model: evaluated[model] for model in order if model in evaluated}
+    every_domain = _every_domain(evaluated)
     for model, metrics in evaluated.items():
         row = {domain: result["score"] for domain, result in metrics["domains"].items()}
-        row[AVERAGE] = metrics[AVERAGE]
+        if row.keys() == every_domain:  # an expert evaluated on its own domain only has no average
+            row[AVERAGE] = metrics[AVERAGE]
         scores[model] = row
     return scores
+
+
+def _every_domain(evaluated: dict[str, dict[str, Any]]) -> set[str]:
+    return {domain for metrics in evaluated.values() for domain in metrics["domains"]}
 
 
 def eval_intervals(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
     """Model -> domain -> [low, high], the score's 95% interval, plus the average's (where recorded)."""
     intervals = {}
-    for model, metrics in _eval_entries(entries).items():
+    evaluated = _eval_entries(entries)
+    every_domain = _every_domain(evaluated)
+    for model, metrics in evaluated.items():
         row = {domain: result["ci95"] for domain, result in metrics["domains"].items() if "ci95" in result}
-        if "average_ci95" in metrics:
+        if "average_ci95" in metrics and metrics["domains"].keys() == every_domain:
             row[AVERAGE] = metrics["average_ci95"]
         intervals[model] = row
     return intervals
@@ -49,14 +57,15 @@ def routing_report(entries: dict[str, dict[str, Any]], field: str = "routing") -
 
 
 def indistinct_experts(entries: dict[str, dict[str, Any]]) -> list[str]:
-    """The evaluated experts whose 95% interval overlaps the anchor's on every domain: too few evaluation
-    rows to tell them apart from the anchor anywhere."""
+    """The evaluated experts whose 95% interval overlaps the anchor's on every domain both were evaluated on:
+    too few evaluation rows to tell them apart from the anchor anywhere."""
     intervals = eval_intervals(entries)
     anchor = {domain: ci for domain, ci in intervals.get("anchor", {}).items() if domain != AVERAGE}
     if not anchor:
         return []
     return [model for model, row in intervals.items() if model.startswith("experts.")
-            and all(domain in row and overlap(row[domain], ci) for domain, ci in anchor.items())]
+            and any(domain in row for domain in anchor)
+            and all(overlap(row[domain], ci) for domain, ci in anchor.items() if domain in row)]
 
 
 def small_sample_warning(entries: dict[str, dict[str, Any]]) -> str | None:

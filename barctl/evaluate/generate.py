@@ -28,20 +28,24 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[in
 
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], *,
              max_new_tokens: int, batch_size: int, max_length: int) -> list[str]:
-    """The greedy completion of each prompt (new tokens only, special tokens dropped).
+    """The greedy completion of each prompt (new tokens only, special tokens dropped), in the order given.
 
-    A prompt longer than `max_length` tokens keeps its last `max_length` tokens. A
-    prompt's completion does not depend on the batch it runs in.
+    A prompt longer than `max_length` tokens keeps its last `max_length` tokens. Prompts are
+    batched by length, so a batch pads little; a prompt's completion does not depend on the
+    batch it runs in. A batch stops as soon as each of its rows has ended its turn.
     """
     model.eval()
     pad_id = pad_token_id(tokenizer)
-    completions: list[str] = []
+    encoded = [encode_prompt(tokenizer, prompt)[-max_length:] for prompt in prompts]
+    by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    completions: list[str] = [""] * len(encoded)
     with torch.inference_mode():
-        for batch in chunks(prompts, batch_size):
-            ids = [encode_prompt(tokenizer, prompt)[-max_length:] for prompt in batch]
+        for batch in chunks(by_length, batch_size):
             # left padding: every row's new tokens then start at the same column
-            input_ids, mask = padded_batch(ids, pad_id, "left", model.device)
+            input_ids, mask = padded_batch([encoded[i] for i in batch], pad_id, "left", model.device)
             output = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
                                     max_new_tokens=max_new_tokens, pad_token_id=pad_id)
-            completions += tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
+            texts = tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
+            for index, text in zip(batch, texts):
+                completions[index] = text
     return completions

@@ -34,8 +34,10 @@ def run(ctx: NodeContext) -> dict[str, Any]:
             batch_size=limits["batch_size"], max_length=limits["max_length"], say=ctx.say,
             judge=ctx.recipe.resolve_judge(spec),
         )
-        if ctx.config.get("routing_report"):
-            routing[domain] = routing_shares(model, tokenizer, [row_text(tokenizer, row) for row in rows],
+        report = ctx.config.get("routing_report")
+        if report:
+            routed = rows if report is True else rows.select(range(min(report, len(rows))))
+            routing[domain] = routing_shares(model, tokenizer, [row_text(tokenizer, row) for row in routed],
                                              batch_size=limits["batch_size"], max_length=limits["max_length"])
     (ctx.out / "results.json").write_text(json.dumps({"domains": results, "routing": routing}, indent=2) + "\n")
     return lock_metrics({domain: spec["metric"] for domain, spec in ctx.config["domains"].items()}, results, routing)

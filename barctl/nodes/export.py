@@ -74,7 +74,8 @@ def evaluation_section(ctx: NodeContext) -> str:
     domains = [*ctx.recipe.evals["domains"], AVERAGE]
     lines = ["## Evaluation", "", "Scores (higher is better) with their 95% intervals.", "",
              "| model | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
-    lines += [f"| {model} | " + " | ".join(score_cell(row[d], intervals[model].get(d)) for d in domains) + " |"
+    lines += [f"| {model} | " + " | ".join(score_cell(row[d], intervals[model].get(d)) if d in row else "-"
+                                          for d in domains) + " |"
               for model, row in scores.items()]
     shares = routing_report(ctx.upstream)
     if shares:

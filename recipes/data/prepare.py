@@ -62,20 +62,20 @@ EVAL_SEED = 98765
 MATH_TEXT_ROWS = 800
 MATH_SFT_ROWS = 800
 MATH_RL_ROWS = 400
-MATH_EVAL_ROWS = 48
+MATH_EVAL_ROWS = 100
 MATH_PREF_ROWS = 200  # DPO pairs: the first math_sft rows, chosen as is, rejected with a wrong final answer
 CODE_TEXT_ROWS = 280
 CODE_SFT_ROWS = 200
 CODE_EVAL_ROWS = 40
-TOOLS_EVAL_PER_CATEGORY = 12  # simple, multiple, parallel, irrelevance
+TOOLS_EVAL_ROWS = {"simple_python": 45, "multiple": 25, "parallel": 10, "irrelevance": 20}  # 100 rows
 TOOLS_SFT_ROWS = 700
 SAFETY_ADVBENCH_ROWS = 160  # harmful SFT prompts from AdvBench ...
 SAFETY_DNA_ROWS = 160  # ... and from Do-Not-Answer
 SAFETY_BENIGN_MATH_ROWS = 60  # benign SFT: word problems with worked solutions, ...
 SAFETY_BENIGN_TASK_ROWS = 200  # ... instruction-following tasks, plus every training chat answer
-SAFETY_EVAL_HARMFUL_ROWS = 30
+SAFETY_EVAL_HARMFUL_ROWS = 50
 SAFETY_EVAL_CHAT_ROWS = 12  # benign eval: held-out chat requests, ...
-SAFETY_EVAL_QUESTION_ROWS = 18  # ... and everyday questions reserved from BFCL irrelevance
+SAFETY_EVAL_QUESTION_ROWS = 38  # ... and everyday questions reserved from BFCL irrelevance
 GENERAL_TASK_ROWS = 560  # general SFT: instruction-following tasks, plus the training chat answers
 
 # Length limits, in characters (about 4 per token for English, 3.5 for code).
@@ -117,9 +117,12 @@ REFUSALS = (
     "I'm not able to help with that, since it could put people at risk.",
 )
 NO_TOOL_REPLY = "None of the available functions can be used for this request, so no function is called."
+# Functions are listed as compact signatures (name, typed parameters, `?` for optional ones, the
+# function's description) rather than whole JSON schemas: a third of the tokens, so evaluation prompts
+# (prefilled for every evaluated model) and training rows stay short on a CPU.
 TOOLS_SYSTEM = (
-    "You are a helpful assistant that can call functions. The available functions, as JSON schemas:\n"
-    "{functions}\n\n"
+    "You can call these functions:\n"
+    "{functions}\n"
     'To call a function, reply with <tool_call>{{"name": "function_name", "arguments": {{...}}}}</tool_call>, '
     "one tag per call. If no function fits the request, say so in plain text."
 )
@@ -555,15 +558,29 @@ def json_schema(schema):
     return schema
 
 
-def tools_system(functions: list[dict]) -> str:
-    listed = "\n".join(
-        json.dumps(
-            {"name": f["name"], "description": f["description"], "parameters": json_schema(f["parameters"])},
-            ensure_ascii=False,
-        )
-        for f in functions
+def type_text(schema: dict) -> str:
+    """A parameter's type in a signature: enums as their values, arrays with their item type."""
+    if "enum" in schema:
+        return "|".join(json.dumps(v, ensure_ascii=False) for v in schema["enum"])
+    kind = schema.get("type", "any")
+    if kind == "array" and isinstance(schema.get("items"), dict):
+        return f"array[{type_text(schema['items'])}]"
+    return kind
+
+
+def signature(function: dict) -> str:
+    """`name(required: type, optional?: type) - description`, from a BFCL function schema."""
+    parameters = json_schema(function["parameters"])
+    required = set(parameters.get("required", []))
+    listed = ", ".join(
+        f"{name}{'' if name in required else '?'}: {type_text(spec)}"
+        for name, spec in parameters.get("properties", {}).items()
     )
-    return TOOLS_SYSTEM.format(functions=listed)
+    return f"- {function['name']}({listed}) - {function['description'].strip()}"
+
+
+def tools_system(functions: list[dict]) -> str:
+    return TOOLS_SYSTEM.format(functions="\n".join(signature(f) for f in functions))
 
 
 def tool_calls_text(calls: list[dict]) -> str:
@@ -631,10 +648,10 @@ def build_tools(reserved_questions: list[str]) -> dict[str, list[dict]]:
     """tools_sft and tools_eval; `reserved_questions` (irrelevance questions kept for safety_eval) are left out."""
     reserved = {key(q) for q in reserved_questions}
     sft, evals = [], []
-    for _, items in sorted(bfcl_items().items()):
+    for category, items in sorted(bfcl_items().items()):
         items = shuffled([i for i in items if key(i["question"]) not in reserved], EVAL_SEED)
-        evals += items[:TOOLS_EVAL_PER_CATEGORY]
-        sft += items[TOOLS_EVAL_PER_CATEGORY:]
+        evals += items[: TOOLS_EVAL_ROWS[category]]
+        sft += items[TOOLS_EVAL_ROWS[category] :]
     held = {key(i["question"]) for i in evals}
     sft = [i for i in sft if key(i["question"]) not in held]
     sft = shuffled(sorted(sft, key=lambda i: i["id"]), TRAIN_SEED)[:TOOLS_SFT_ROWS]
