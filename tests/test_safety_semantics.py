@@ -72,3 +72,12 @@ def test_unusable_values_are_refused_at_their_line(tmp_path, tokenizer_dir, name
         assert f"{path}:{line}:" in result.output, result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "barctl.lock").exists()
+
+
+def test_a_random_vocabulary_smaller_than_its_tokenizer_is_refused_at_plan(tmp_path, tokenizer_dir):
+    path = make_project(tmp_path, tokenizer_dir, _anchor_config(vocab_size=100))
+    line = next(i for i, row in enumerate(path.read_text().splitlines(), 1) if row.strip() == "anchor:")
+    result = barctl("plan", path)
+    assert result.exit_code == 1
+    assert f"{path}:{line + 1}:" in result.output  # base.anchor's value starts on the next line
+    assert "random.config.vocab_size 100 is smaller than its tokenizer (300 tokens)" in result.output

@@ -309,7 +309,11 @@ def _random_config(random: dict) -> dict:
     if fixed:
         raise BarctlError(f"random.config may not set {', '.join(fixed)}: the family decides it")
     config = {"model_type": family, **_COMMON_DEFAULTS, **_RANDOM_DEFAULTS[family]}
-    config.update({k: v for k, v in _tokenizer_facts(random["tokenizer"]).items() if v is not None})
+    facts = {k: v for k, v in _tokenizer_facts(random["tokenizer"]).items() if v is not None}
+    if isinstance(overrides.get("vocab_size"), int) and overrides["vocab_size"] < facts.get("vocab_size", 0):
+        raise BarctlError(f"random.config.vocab_size {overrides['vocab_size']} is smaller than its tokenizer "
+                          f"({facts['vocab_size']} tokens): some token ids would have no embedding")
+    config.update(facts)
     config.update(overrides)
     config.setdefault("num_key_value_heads", config["num_attention_heads"])
     if family != "olmo2":
