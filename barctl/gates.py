@@ -39,6 +39,8 @@ def gate_failures(gates: list[dict[str, Any]], scores: Scores, intervals: Interv
     where the condition uses them); empty when all hold. `intervals` is needed only by gates that use them."""
     failures = []
     for gate in gates:
+        if uses_intervals(gate) and intervals is None:
+            raise ValueError(f"gate '{gate['name']}' compares 95% intervals: pass the scores' intervals")
         for domain in gate["domains"]:
             failure = _failure(gate, domain, scores, intervals if uses_intervals(gate) else None)
             if failure:

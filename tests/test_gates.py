@@ -88,9 +88,12 @@ def test_keep_when_the_expert_did_not_gain_asks_to_reach_the_baseline():
                            "domains": ["code"], "tolerance": 0}], scores) == []
 
 
-def test_gates_without_intervals_need_no_intervals():
+def test_gates_without_intervals_need_no_intervals_and_the_others_insist_on_them():
     assert gate_failures([{"name": "g", "model": "merged", "at_least": "anchor", "domains": ["math"],
                            "tolerance": 0.0}], SCORES) == []
+    with pytest.raises(ValueError, match="compares 95% intervals"):
+        gate_failures([{"name": "g", "model": "merged", "at_least": "anchor", "domains": ["math"],
+                        "tolerance": "ci95"}], SCORES)
 
 
 def test_every_domain_of_every_gate_is_reported():
@@ -171,6 +174,33 @@ def test_the_demo_gates_validate(tmp_path, tokenizer_dir):
         {"model": "own_expert", "at_least": "anchor", "intervals_apart": True},
         {"model": "merged", "at_least": "own_expert", "keep": 0.8, "over": "anchor"},
         {"model": "merged", "at_least": "anchor", "tolerance": "ci95"}])
+    assert result.exit_code == 0, result.output
+
+
+OWN_DOMAINS = {**EVALS, "expert_domains": "own",
+               "domains": {"math": {"dataset": "math_eval", "metric": "math_answer"},
+                           "code": {"dataset": "heldout", "metric": "loss"}}}
+
+
+def test_with_experts_evaluated_on_their_own_domain_a_gate_reads_no_other_expert_score(tmp_path, tokenizer_dir):
+    result = validate_with(tmp_path, tokenizer_dir, evals=OWN_DOMAINS, gates=[
+        {"model": "experts.math", "at_least": "anchor", "domains": ["math", "code"]},
+        {"model": "merged", "at_least": "experts.code"},
+        {"model": "merged", "at_least": "experts.math", "domains": ["average"]}])
+    assert result.exit_code == 1
+    located = re.findall(r"bar\.yaml:\d+:\d+: (.*)", result.output)
+    assert located == [
+        "gates[0].domains[1]: experts.math is evaluated only on math (evals.expert_domains: own), not on code",
+        "gates[1].at_least: experts.code is evaluated only on code (evals.expert_domains: own), and the gate's "
+        "domains default to all of them: give `domains: [code]`, or use own_expert",
+        "gates[2].domains[0]: experts.math is evaluated only on math (evals.expert_domains: own), not on average"]
+
+
+def test_with_experts_evaluated_on_their_own_domain_own_expert_gates_validate(tmp_path, tokenizer_dir):
+    result = validate_with(tmp_path, tokenizer_dir, evals=OWN_DOMAINS, gates=[
+        {"model": "own_expert", "at_least": "anchor", "intervals_apart": True},
+        {"model": "merged", "at_least": "own_expert", "keep": 0.8, "over": "anchor"},
+        {"model": "experts.code", "at_least": "anchor", "domains": ["code"]}])
     assert result.exit_code == 0, result.output
 
 
