@@ -1,7 +1,7 @@
 """Fingerprints of what barctl reads from outside: model sources and datasets.
 
-Local files are digested by content (cached by path, size and mtime); hub sources by id
-and revision; an installed package's model file by content. Paths in fingerprints are
+Local files are digested by content (cached by path, size and mtime); hub sources by id,
+revision and the commit a branch resolves to (barctl.hub); an installed package's model file by content. Paths in fingerprints are
 relative to the project root, so keys do not depend on where the project is checked out.
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from barctl.data.fingerprint import FingerprintCache, file_digest, fingerprint
 from barctl.errors import BarctlError
+from barctl.hub import resolved_commit
 from barctl.model.source import package_dir
 from barctl.recipe import Recipe
 
@@ -23,7 +24,8 @@ class ProjectFingerprints:
 
     def model(self, source: dict[str, Any]) -> Any:
         if "hub" in source:
-            return {"kind": "hub", "id": source["hub"], "revision": source.get("revision", "main")}
+            found = {"kind": "hub", "id": source["hub"], "revision": source.get("revision", "main")}
+            return _with_commit(found, resolved_commit(source["hub"], source.get("revision"), "model"))
         if "random" in source:
             return {"kind": "random", "tokenizer": self.model(source["random"]["tokenizer"])}
         if "package" in source:
@@ -41,6 +43,8 @@ class ProjectFingerprints:
         if "path" in spec:
             absolute["path"] = str(self.recipe.resolve(spec["path"]))
         found = fingerprint(absolute, self.cache)
+        if found["kind"] == "hub":
+            return _with_commit(found, resolved_commit(spec["hub"], spec.get("revision"), "dataset"))
         if "files" in found:
             found = {**found, "files": {self._relative(Path(f)): d for f, d in found["files"].items()}}
         return found
@@ -56,3 +60,8 @@ class ProjectFingerprints:
         root = self.recipe.root
         return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
+
+def _with_commit(found: dict[str, Any], commit: str | None) -> dict[str, Any]:
+    """A hub fingerprint with the commit its branch resolved to; a pinned revision already is one
+    (adding it would change the keys of projects that pinned)."""
+    return found if commit is None or commit == found["revision"] else {**found, "commit": commit}

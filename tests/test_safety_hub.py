@@ -1,0 +1,73 @@
+"""Hub sources named by a branch are keyed by the commit the branch points at when planning:
+a moved branch changes the key (a rebuild), a pinned commit keeps its key."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.projects import make_project, plan_json, tiny_manifest
+
+A, B = "a" * 40, "b" * 40
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def _point(cache, kind: str, repo: str, commit: str, branch: str = "main") -> None:
+    ref = cache / f"{kind}s--{repo.replace('/', '--')}" / "refs" / branch
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_text(commit)
+
+
+def _project(tmp_path, tokenizer_dir, revision: str | None = None):
+    chat = {"hub": "org/chat", "format": "messages", **({"revision": revision} if revision else {})}
+    stage = {"kind": "sft", "mix": {"sources": [{"dataset": "chat", "count": 2}]}}
+    return make_project(tmp_path / "project", tokenizer_dir,
+                        tiny_manifest({"math": {"stages": [stage]}}, datasets={"chat": chat}))
+
+
+def _keys(manifest) -> dict[str, str]:
+    return {node: action["key"] for node, action in plan_json(manifest).items()}
+
+
+def test_a_moved_branch_changes_the_key_of_what_reads_it(tmp_path, tokenizer_dir, hub_cache):
+    manifest = _project(tmp_path, tokenizer_dir)
+    _point(hub_cache, "dataset", "org/chat", A)
+    at_a = _keys(manifest)
+    _point(hub_cache, "dataset", "org/chat", B)
+    at_b = _keys(manifest)
+    assert at_a["experts.math.sft"] != at_b["experts.math.sft"]
+    assert at_a["base"] == at_b["base"] and at_a["experts.math.branch"] == at_b["experts.math.branch"]
+    _point(hub_cache, "dataset", "org/chat", A)
+    assert _keys(manifest) == at_a  # the commit, not the time of planning, decides
+
+
+def test_a_pinned_commit_keeps_its_key_whatever_the_branch_does(tmp_path, tokenizer_dir, hub_cache):
+    manifest = _project(tmp_path, tokenizer_dir, revision=A)
+    _point(hub_cache, "dataset", "org/chat", B)
+    pinned = _keys(manifest)
+    _point(hub_cache, "dataset", "org/chat", A)
+    assert _keys(manifest) == pinned
+
+
+def test_model_fingerprints_carry_the_commit_and_base_builds_exactly_it(tmp_path, hub_cache):
+    from barctl.data.fingerprint import FingerprintCache
+    from barctl.fingerprints import ProjectFingerprints
+    from barctl.hub import resolved_commit
+    from barctl.nodes.base import _at_planned_commit
+
+    _point(hub_cache, "model", "org/anchor", A)
+    fingerprints = ProjectFingerprints(None, FingerprintCache(tmp_path / "digests.json"))
+    found = fingerprints.model({"hub": "org/anchor"})
+    assert found == {"kind": "hub", "id": "org/anchor", "revision": "main", "commit": A}
+    assert _at_planned_commit({"hub": "org/anchor"}, found) == {"hub": "org/anchor", "revision": A}
+    assert fingerprints.model({"hub": "org/anchor", "revision": B}) == {
+        "kind": "hub", "id": "org/anchor", "revision": B}
+    assert resolved_commit("org/unknown", "main") is None  # offline and not cached: keyed by the branch name
