@@ -41,6 +41,17 @@ CHEATS = {
     "silences stdout and exits through SIGKILL": WRONG + "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
     "loops forever": WRONG + "while True:\n    pass\n",
     "prints a guessed marker": WRONG + "print('0' * 32)\nimport os\nos._exit(0)\n",
+    "a tracer that jumps over the tests' lines": WRONG + (
+        "import sys\n"
+        "def skip(frame, event, arg):\n"
+        "    if event == 'line' and frame.f_code.co_filename == 'tests.py':\n"
+        "        try:\n"
+        "            frame.f_lineno = frame.f_lineno + 1\n"
+        "        except ValueError:\n"
+        "            pass\n"
+        "    return skip\n"
+        "sys.settrace(lambda frame, event, arg: skip if frame.f_code.co_filename == 'tests.py' else None)\n"
+    ),
     "no code at all": "I am not sure how to write this.",
     "syntax error": "def add(a, b) return a + b\n",
 }
@@ -107,3 +118,10 @@ def test_exit_status_alone_is_not_a_pass():
     nonce = "a" * 32
     result = run_python(build_program(ADD + "import os\nos._exit(0)\n", ASSERTS, None, nonce))
     assert result.ok and not passed(result, nonce)
+
+
+def test_a_tracer_still_installed_when_the_tests_end_fails_the_run():
+    """Line jumps cannot skip a file's last line; tests that end in a print leave the assert exposed."""
+    tests = ["assert add(2, 3) == 5", "print('the tests ended')"]
+    tracer = CHEATS["a tracer that jumps over the tests' lines"]
+    assert code_tests(["q", "q"], [tracer, ADD], tests=[tests, tests]) == [0.0, 1.0]

@@ -23,8 +23,9 @@ string literals, and keeps private references to ``exec``, ``os.write``,
 ``sys.stdout`` changes nothing it relies on. Limit: the nonce is then held in the
 same interpreter as the model code, which can only find it by deliberately scanning
 the interpreter (frames, the garbage collector, ``/proc/self/mem``); objects that
-claim to equal anything (``__eq__`` returning True) and tracing hooks that skip test
-lines are likewise not detected. These are deliberate attacks, not accidents a
+claim to equal anything (``__eq__`` returning True) are not detected, nor a tracing hook
+that skips test lines and then removes itself (one still installed when the tests end
+fails the run). These are deliberate attacks, not accidents a
 policy stumbles on by exiting early; the sandbox still contains them.
 """
 
@@ -53,11 +54,14 @@ def _barctl_harness(solution, tests):
         script.write(first[:len({mark!r})] + b"0" * len(nonce))
     out, write, run, exit_now = os.dup(1), os.write, exec, os._exit
     streams, suppress = (sys.stdout, sys.stderr), contextlib.suppress
+    hooks = (sys.gettrace, sys.getprofile)
     namespace = {{"__name__": "__main__", "__builtins__": builtins}}
     solution = compile(solution, "solution.py", "exec")
     tests = compile(tests, "tests.py", "exec")
     run(solution, namespace)
     run(tests, namespace)
+    if any(hook() is not None for hook in hooks):  # a tracer can jump over the tests' lines
+        exit_now(1)
     for stream in streams:  # the program's own output, for whoever reads it; not part of the verdict
         with suppress(ValueError, OSError):
             stream.flush()
