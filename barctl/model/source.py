@@ -142,11 +142,12 @@ def _gguf_facts(path: Path) -> dict[str, str]:
 def _readme_facts(readme: Path) -> dict[str, str]:
     if not readme.is_file():
         return {}
+    import yaml
     from huggingface_hub import ModelCard
 
     try:
         license = ModelCard.load(readme).data.license
-    except (ValueError, OSError):  # a README without valid front matter
+    except (ValueError, OSError, yaml.YAMLError):  # a README without valid front matter
         return {}
     return {"license": license} if isinstance(license, str) else {}
 
