@@ -51,6 +51,7 @@ EVAL_COLUMNS = {"math_answer": ("answer",), "math_verify": ("answer",), "tool_ca
 EVAL_MODELS = ("anchor", "experts", "merged")
 DEFAULT_GENERATION = {"max_new_tokens": 256, "batch_size": 8, "max_length": 1024}
 DEFAULT_ROUTER_TRAINING = {"learning_rate": 1e-4, "epochs": 2}
+REPORT_TO = ("none", "tensorboard", "wandb", "trackio")  # the schema's `report_to` values
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,10 @@ def _issues_from_schema_error(loaded: LoadedYaml, error: Any) -> list[Issue]:
         return [loaded.issue(path + (error.instance,), _name_message(path, error.instance), at_key=True)]
     if validator == "oneOf" and path[-1:] == ("top_k",):
         return [loaded.issue(path, f"must be a positive integer or 'all', got {error.instance!r}")]
+    if validator == "oneOf" and path[-1:] == ("report_to",):
+        hint = _did_you_mean(error.instance, list(REPORT_TO)) if isinstance(error.instance, str) else ""
+        return [loaded.issue(path, f"must be one of {', '.join(REPORT_TO)}, or a list of "
+                                   f"{', '.join(REPORT_TO[1:])}; got {error.instance!r}{hint}")]
     if validator in ("oneOf", "pattern") and path[:1] == ("gates",) and path[-1] in _GATE_VALUES:
         return [loaded.issue(path, f"must be {_GATE_VALUES[path[-1]]}, got {error.instance!r}")]
     if validator == "const":

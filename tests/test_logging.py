@@ -130,3 +130,17 @@ def test_report_to_without_its_package_is_refused_at_plan_with_its_line(tmp_path
     assert any(re.match(rf".*bar\.yaml:\d+:\d+: training\.report_to: {message}", line) for line in lines)
     assert any(re.match(rf".*bar\.yaml:\d+:\d+: experts\.math\.stages\[0\]\.training\.report_to: {message}", line)
                for line in lines)
+
+
+def test_a_misspelt_report_to_is_refused_with_its_line_and_a_hint(tmp_path, tokenizer_dir):
+    (tmp_path / "chat.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+    path = make_project(tmp_path, tokenizer_dir, report_to_manifest(project_wide="tensorbord",
+                                                                    stage=["wandb", "none"]))
+    result = barctl("validate", path)
+    assert result.exit_code == 1
+    assert re.search(r"bar\.yaml:\d+:\d+: training\.report_to: must be one of none, tensorboard, wandb, trackio, or a "
+                     r"list of tensorboard, wandb, trackio; got 'tensorbord' \(did you mean 'tensorboard'\?\)",
+                     result.output)
+    assert re.search(r"experts\.math\.stages\[0\]\.training\.report_to: must be .*; got \['wandb', 'none'\]",
+                     result.output)
