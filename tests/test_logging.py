@@ -144,3 +144,15 @@ def test_a_misspelt_report_to_is_refused_with_its_line_and_a_hint(tmp_path, toke
                      result.output)
     assert re.search(r"experts\.math\.stages\[0\]\.training\.report_to: must be .*; got \['wandb', 'none'\]",
                      result.output)
+
+
+def test_report_to_sets_the_trl_config_and_trl_passthrough_may_not(tmp_path):
+    from trl import SFTConfig
+
+    from barctl.stages.common import trl_config
+    from barctl.trl_fields import passthrough_problems
+
+    assert trl_config(SFTConfig, {"report_to": ["tensorboard", "wandb"]}, tmp_path).report_to == ["tensorboard", "wandb"]
+    assert trl_config(SFTConfig, {}, tmp_path).report_to == []  # none
+    assert passthrough_problems("sft", {"report_to": "wandb"}) == {
+        "report_to": "set it as training.report_to, which barctl maps to report_to"}
