@@ -4,16 +4,21 @@ Layers, outermost first:
 
 - a fresh temporary directory as working directory and HOME, deleted afterwards;
   ``python -I`` (isolated mode) and an environment of PATH, LANG and HOME only;
-- resource limits set in the child before exec: address space (``memory_mb``), CPU
-  time, file size, open files, no core dumps;
+- resource limits the child sets itself before the code runs (no ``preexec_fn``, which
+  is unsafe in a threaded caller): address space (``memory_mb``), CPU time, file size,
+  open files, processes, no core dumps;
 - its own session, so on timeout or excess output the whole process group is killed;
+- a watchdog (the child's first process) that kills the code at its own deadline and
+  as soon as barctl goes away (its stdin pipe from barctl reaches end of file), so model
+  code never outlives a killed caller;
 - where ``unshare`` can create user namespaces (see ``namespaces_available``): new
   user, mount, PID and network namespaces. The network namespace has no usable
   interface, so nothing can be reached; the PID namespace hides and protects every
   other process and dies with the child; the filesystem is read-only except the
   working directory, which is a 64 MiB tmpfs (see ``sandbox_child.py``);
 - a seccomp filter installed before the code runs denies new processes, sockets,
-  mount and namespace changes, ptrace and io_uring (``sandbox_child.py``). It is the
+  mount and namespace changes, ptrace, io_uring and memfd_create (anonymous memory
+  outside the address-space limit) (``sandbox_child.py``). It is the
   barrier to fork bombs because Linux ignores RLIMIT_NPROC (also set, to 0) for the
   real root user, and it denies socket(2) itself, which no in-process patch of the
   ``socket`` module could.
@@ -34,7 +39,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import resource
 import selectors
 import shutil
 import signal
@@ -48,9 +52,9 @@ from pathlib import Path
 from barctl.errors import BarctlError
 
 _CHILD = Path(__file__).with_name("sandbox_child.py")
-_FILE_LIMIT = 64 << 20  # the size of the child's tmpfs (sandbox_child.WORKDIR_MB)
-_OPEN_FILES = 64
 _CHUNK = 65536
+# The watchdog's deadline trails the supervisor's: it is the backstop for a caller that died.
+_WATCHDOG_GRACE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -87,27 +91,14 @@ def _use_namespaces() -> bool:
     return False
 
 
-def _command(workdir: str, namespaces: bool) -> list[str]:
-    python = [sys.executable, "-I", str(_CHILD), workdir, "1" if namespaces else "0"]
+def _command(workdir: str, namespaces: bool, memory_mb: int, timeout_s: float) -> list[str]:
+    python = [sys.executable, "-I", str(_CHILD), workdir, "1" if namespaces else "0", str(memory_mb),
+              str(math.ceil(timeout_s) + 1), str(timeout_s + _WATCHDOG_GRACE_S)]
     if not namespaces:
         return python
     # --kill-child: when unshare dies, so does the PID namespace with everything in it
     unshare = ["unshare", "--map-root-user", "--mount", "--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
     return unshare + ["--"] + python
-
-
-def _limits(memory_mb: int, cpu_s: int):
-    def apply() -> None:
-        for limit, value in (
-            (resource.RLIMIT_AS, memory_mb << 20),
-            (resource.RLIMIT_CPU, cpu_s),
-            (resource.RLIMIT_FSIZE, _FILE_LIMIT),
-            (resource.RLIMIT_NOFILE, _OPEN_FILES),
-            (resource.RLIMIT_CORE, 0),
-        ):
-            resource.setrlimit(limit, (value, value))
-
-    return apply
 
 
 def _run(code: str, namespaces: bool, timeout_s: float, memory_mb: int, max_output_bytes: int) -> SandboxResult:
@@ -116,16 +107,18 @@ def _run(code: str, namespaces: bool, timeout_s: float, memory_mb: int, max_outp
         Path(workdir, "main.py").write_text(code, encoding="utf-8")
         env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": os.environ.get("LANG", "C.UTF-8"), "HOME": workdir}
         proc = subprocess.Popen(
-            _command(workdir, namespaces),
+            _command(workdir, namespaces, memory_mb, timeout_s),
             cwd=workdir,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # never written: its end of file tells the watchdog barctl is gone
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_limits(memory_mb, math.ceil(timeout_s) + 1),
         )
-        return _supervise(proc, time.monotonic() + timeout_s, timeout_s, max_output_bytes)
+        try:
+            return _supervise(proc, time.monotonic() + timeout_s, timeout_s, max_output_bytes)
+        finally:
+            proc.stdin.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

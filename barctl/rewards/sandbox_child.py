@@ -1,17 +1,25 @@
 """The sandboxed process: confine itself, then run the model's code.
 
-Run by ``sandbox.py`` as ``python -I sandbox_child.py WORKDIR CONFINE_FS``, never
-imported, so it uses the standard library only. ``WORKDIR/main.py`` holds the code.
+Run by ``sandbox.py`` as ``python -I sandbox_child.py WORKDIR CONFINE_FS MEMORY_MB CPU_S
+DEADLINE_S``, never imported, so it uses the standard library only. ``WORKDIR/main.py``
+holds the code.
+
+The process forks at once and stays behind as a watchdog: it kills the code when
+DEADLINE_S have passed or when its stdin (a pipe from barctl) reaches end of file,
+which happens as soon as barctl is gone, however it ended. The code's process sets its
+own resource limits (address space, CPU time, file size, open files, processes, core
+dumps) before anything else.
 
 With CONFINE_FS=1 the process is root of fresh user, mount, PID and network
-namespaces (made by ``unshare``): it stays behind as the namespace's PID 1 while its
-child gives WORKDIR a fresh size-capped tmpfs, then remounts every other mount
-read-only, nosuid and nodev (so no file outside WORKDIR can be written and no device
-node opened).
+namespaces (made by ``unshare``), and the watchdog is the namespace's PID 1: when it
+exits, everything in the namespace dies. Its child gives WORKDIR a fresh size-capped
+tmpfs, then remounts every other mount read-only, nosuid and nodev (so no file outside
+WORKDIR can be written and no device node opened).
 
 Always, before the model's code runs, a seccomp filter denies creating processes
 (fork, vfork, clone without CLONE_THREAD; clone3 reports ENOSYS so threads fall back
-to clone), socket(2), mount and namespace changes, ptrace and io_uring. The filter is
+to clone), socket(2), mount and namespace changes, ptrace, io_uring and memfd_create
+(whose memory the address-space limit does not count). The filter is
 inherited and cannot be removed, so it also stops the code undoing the mounts.
 """
 
@@ -21,11 +29,16 @@ import platform
 import re
 import resource
 import runpy
+import select
+import signal
 import struct
 import sys
+import time
 
 SETUP_FAILED = 125  # exit status when confinement fails; the model's code never ran
+KILLED = 128 + signal.SIGKILL  # the watchdog's exit status when it killed the code
 WORKDIR_MB = 64
+OPEN_FILES = 64
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
 
@@ -34,15 +47,15 @@ _SYSCALLS = {
     "x86_64": (
         0xC000003E,
         # fork vfork socket ptrace mount umount2 pivot_root chroot unshare setns
-        # open_tree..fspick mount_setattr io_uring_setup/enter/register
-        (57, 58, 41, 101, 165, 166, 155, 161, 272, 308, 428, 429, 430, 431, 432, 433, 442, 425, 426, 427),
+        # open_tree..fspick mount_setattr io_uring_setup/enter/register memfd_create
+        (57, 58, 41, 101, 165, 166, 155, 161, 272, 308, 428, 429, 430, 431, 432, 433, 442, 425, 426, 427, 319),
         435,
         56,
     ),
     "aarch64": (
         0xC00000B7,
         # socket ptrace mount umount2 pivot_root chroot unshare setns, then as above
-        (198, 117, 40, 39, 41, 51, 97, 268, 428, 429, 430, 431, 432, 433, 442, 425, 426, 427),
+        (198, 117, 40, 39, 41, 51, 97, 268, 428, 429, 430, 431, 432, 433, 442, 425, 426, 427, 279),
         435,
         220,
     ),
@@ -125,22 +138,49 @@ def install_seccomp():
     _check(_libc.prctl(22, 2, ctypes.byref(fprog), 0, 0), "prctl(PR_SET_SECCOMP)")
 
 
-def stay_as_init():
-    """Fork; the parent, PID 1 of the new namespace, waits and exits with the child's status.
+def watch(deadline_s):
+    """Fork; the parent stays behind as the watchdog and exits with the child's status.
 
-    The kernel drops signals that PID 1 sends itself (os.abort, signal.alarm, os.kill),
-    so the model's code must not run as PID 1.
+    It kills the child at the deadline, or when stdin (barctl's pipe) ends: barctl is gone.
+    In a PID namespace it is PID 1; the kernel drops signals that PID 1 sends itself
+    (os.abort, signal.alarm, os.kill), so the model's code must not run as PID 1 either.
     """
     pid = os.fork()
-    if pid:
-        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        os._exit(status if status >= 0 else 128 - status)
+    if not pid:
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)  # the code cannot hold barctl's pipe open
+        os.close(null)
+        return
+    end = time.monotonic() + deadline_s
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)
+        remaining = end - time.monotonic()
+        readable, _, _ = select.select([0], [], [], max(0.0, min(0.05, remaining)))
+        if remaining <= 0 or (readable and not os.read(0, 1)):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os._exit(KILLED)
+
+
+def set_limits(memory_mb, cpu_s):
+    for limit, value in (
+        (resource.RLIMIT_AS, memory_mb << 20),
+        (resource.RLIMIT_CPU, cpu_s),
+        (resource.RLIMIT_FSIZE, WORKDIR_MB << 20),
+        (resource.RLIMIT_NOFILE, OPEN_FILES),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        resource.setrlimit(limit, (value, value))
 
 
 def main():
     workdir, confine_fs = sys.argv[1], sys.argv[2] == "1"
-    if confine_fs:
-        stay_as_init()
+    memory_mb, cpu_s, deadline_s = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+    watch(deadline_s)
+    set_limits(memory_mb, cpu_s)
     script = os.path.join(workdir, "main.py")
     try:
         with open(script, "rb") as f:

@@ -1,0 +1,79 @@
+"""The sandbox holds when its caller does not: model code dies with a killed barctl and at its
+own deadline, memfd_create is denied, and no preexec_fn runs in the (threaded) caller."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from barctl.rewards import sandbox
+from barctl.rewards.sandbox import run_python
+from tests.test_rewards_sandbox import mode, sandbox_processes  # noqa: F401  (a fixture and a helper)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_model_code_dies_with_a_killed_caller(mode):  # noqa: F811
+    namespaces = "" if mode == "namespaces" else "sandbox.namespaces_available = lambda: False\n"
+    caller = subprocess.Popen(
+        [sys.executable, "-c", "from barctl.rewards import sandbox\n" + namespaces
+         + "print('go', flush=True)\nsandbox.run_python('import time\\ntime.sleep(600)', timeout_s=600)\n"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert caller.stdout.readline() == "go\n"
+    deadline = time.monotonic() + 30
+    while not _sleeping_in_the_sandbox() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sleeping_in_the_sandbox(), "the sandbox never started"
+    caller.send_signal(signal.SIGKILL)
+    caller.wait()
+    deadline = time.monotonic() + 15  # generous: the machine may be busy
+    while _sleeping_in_the_sandbox() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _sleeping_in_the_sandbox()  # the watchdog saw barctl's pipe close and killed the code
+
+
+def _sleeping_in_the_sandbox() -> bool:
+    """Whether a sandbox child runs this test's program (not the start-up probe)."""
+    for pid in sandbox_processes():
+        try:
+            arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            workdir = arguments[arguments.index(next(a for a in arguments if a.endswith(b"sandbox_child.py"))) + 1]
+            if b"sleep(600)" in Path(os.fsdecode(workdir), "main.py").read_bytes():
+                return True
+        except (OSError, ValueError, IndexError, StopIteration):
+            continue
+    return False
+
+
+def test_the_child_enforces_its_own_deadline(tmp_path):
+    (tmp_path / "main.py").write_text("import time\ntime.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, "-I", str(Path(sandbox.__file__).with_name("sandbox_child.py")),
+                              str(tmp_path), "0", "512", "700", "0.5"], stdin=subprocess.PIPE)
+    try:
+        assert child.wait(timeout=30) == 128 + signal.SIGKILL  # nobody else killed it: the stdin pipe is open
+    finally:
+        child.stdin.close()
+
+
+def test_memfd_create_is_denied(mode):  # noqa: F811
+    result = run_python("import os\nos.memfd_create('x')\n")
+    assert not result.ok and "PermissionError: [Errno 1] Operation not permitted" in result.stderr
+
+
+def test_no_preexec_fn_runs_in_the_caller(monkeypatch):
+    seen = []
+    real = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sandbox.subprocess, "Popen", popen)
+    result = run_python("import resource\nprint(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20)", memory_mb=300)
+    assert result.ok and result.stdout.strip() == "300"  # the child set its own limits
+    assert seen and all(kwargs.get("preexec_fn") is None for kwargs in seen)
+
