@@ -31,18 +31,23 @@ def main(argv: list[str] | None = None) -> None:
 
     # cpu=True on a machine without GPUs: the launched ranks then form a gloo group (MULTI_CPU)
     state = PartialState(cpu=on_cpu())
-    project = Project.load(Path(args.manifest))
-    node = project.graph[args.node]
+    ctx = node_context(Path(args.manifest), args.node, state.is_main_process)
+    metrics = stage.train_stage(ctx)
+    if state.is_main_process:
+        (ctx.work / METRICS_FILE).write_text(json.dumps(metrics))
+
+
+def node_context(manifest: Path, node_id: str, main_process: bool) -> NodeContext:
+    """The stage's context, rebuilt from the manifest and the lockfile; only the main process speaks."""
+    project = Project.load(manifest)
+    node = project.graph[node_id]
     entries = project.lockfile.entries
     inputs = {i: project.store.root / entries[i]["artifact"]["path"] for i in node.inputs}
     out, work = worker_paths(project.recipe, node.id)
-    if state.is_main_process:
+    if main_process:
         out.mkdir(parents=True, exist_ok=True)
-    say = (lambda message: print(message, flush=True)) if state.is_main_process else (lambda message: None)
-    ctx = NodeContext(project.recipe, node, inputs, out, work, say=say)
-    metrics = stage.train_stage(ctx)
-    if state.is_main_process:
-        (work / METRICS_FILE).write_text(json.dumps(metrics))
+    say = (lambda message: print(message, flush=True)) if main_process else (lambda message: None)
+    return NodeContext(project.recipe, node, inputs, out, work, say=say)
 
 
 if __name__ == "__main__":

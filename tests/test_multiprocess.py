@@ -24,12 +24,13 @@ CHATS = [[{"role": "user", "content": f"What is {a} + {b}?"}, {"role": "assistan
 NODE = "experts.math.sft"
 
 
-def sft_project(root: Path, tokenizer_dir: Path, batch_size: int, launcher: dict | None = None) -> Path:
+def sft_project(root: Path, tokenizer_dir: Path, batch_size: int, launcher: dict | None = None,
+                **training) -> Path:
     root.mkdir(parents=True)
     (root / "chat.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in CHATS))
     stage = {"kind": "sft", "mix": {"sources": [{"dataset": "chat", "count": 16}]},
              "training": {"learning_rate": 1e-2, "batch_size": batch_size, "max_length": 64, "epochs": 1,
-                          "lr_scheduler": "constant"}}
+                          "lr_scheduler": "constant", **training}}
     if launcher:
         stage["launcher"] = launcher
     manifest = tiny_manifest({"math": {"stages": [stage]}}, datasets={"chat": {"path": "chat.jsonl", "format": "messages"}})
@@ -40,8 +41,15 @@ def artifacts(manifest: Path) -> dict[str, dict]:
     return yaml.safe_load((manifest.parent / "barctl.lock").read_text())["nodes"]
 
 
+def artifact(manifest: Path, node_id: str) -> Path:
+    return manifest.parent / artifacts(manifest)[node_id]["artifact"]["path"]
+
+
 def weights(manifest: Path, node_id: str) -> dict[str, torch.Tensor]:
-    path = manifest.parent / artifacts(manifest)[node_id]["artifact"]["path"]
+    return tensors(artifact(manifest, node_id))
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
     with CheckpointReader(path) as reader:
         return {name: reader.get(name) for name in reader.names()}
 
@@ -75,8 +83,7 @@ def test_two_ranks_train_what_one_process_trains_at_the_same_global_batch(launch
         torch.testing.assert_close(trained[name], expected[name], rtol=0, atol=1e-5, msg=name)
     assert not torch.allclose(expected["model.layers.0.block_sparse_moe.experts.1.w1.weight"],
                               branch["model.layers.0.block_sparse_moe.experts.1.w1.weight"])
-    check_anchor_slot(manifest.parent / artifacts(manifest)[NODE]["artifact"]["path"],
-                      manifest.parent / artifacts(manifest)["experts.math.branch"]["artifact"]["path"])
+    check_anchor_slot(artifact(manifest, NODE), artifact(manifest, "experts.math.branch"))
 
 
 def test_one_rank_prepares_the_work_directory_and_reports_progress(launched):
@@ -87,3 +94,72 @@ def test_one_rank_prepares_the_work_directory_and_reports_progress(launched):
     state = manifest.parent / ".barctl"
     assert not any((state / "work" / NODE).iterdir())  # checkpoints cleared once the model is saved
     assert not (state / "launched" / NODE).exists()  # moved into the store
+
+
+ZERO = {
+    2: {"stage": 2},
+    # every parameter partitioned, however small (the default keeps tensors under 1e5 elements whole)
+    3: {"stage": 3, "stage3_param_persistence_threshold": 0, "stage3_gather_16bit_weights_on_model_save": True},
+}
+ACCELERATE_DEEPSPEED = ("distributed_type: DEEPSPEED\ndeepspeed_config:\n  deepspeed_config_file: ds.json\n"
+                        "  zero3_init_flag: false\nnum_machines: 1\nnum_processes: 2\n")
+
+
+@pytest.fixture(scope="module")
+def one_process_decayed(tmp_path_factory, tokenizer_dir) -> Path:
+    manifest = sft_project(tmp_path_factory.mktemp("mp") / "one-decay", tokenizer_dir, batch_size=4, weight_decay=0.1)
+    apply(manifest, "--target", NODE)
+    return manifest
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_deepspeed_zero_keeps_the_anchor_in_the_fp32_master_copy_too(zero_stage, one_process_decayed, tmp_path,
+                                                                     tokenizer_dir):
+    """AdamW's weight decay moves the anchor's elements in ZeRO's fp32 master copy (by 3.5e-4 here under
+    ZeRO-2 when only the module was restored); ZeRO-3 partitions the parameters themselves."""
+    from barctl.launch import worker_paths
+    from barctl.recipe import load_recipe
+
+    manifest = sft_project(tmp_path / "ds", tokenizer_dir, batch_size=2, weight_decay=0.1)
+    (tmp_path / "ds" / "ds.json").write_text(json.dumps({
+        "zero_optimization": ZERO[zero_stage], "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto", "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}))
+    (tmp_path / "ds" / "accelerate.yaml").write_text(ACCELERATE_DEEPSPEED)
+    apply(manifest, "--target", "experts.math.branch")
+    result = tmp_path / "probe.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    finished = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate.yaml", "--num_processes", "2",
+         str(REPO / "tests" / "deepspeed_probe.py"), str(manifest), NODE, str(result)],
+        cwd=manifest.parent, env=env, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert json.loads(result.read_text()) == {"master_anchor_drift": 0.0}
+    out, _ = worker_paths(load_recipe(manifest), NODE)
+    check_anchor_slot(out, artifact(manifest, "experts.math.branch"))
+    trained, expected = tensors(out), weights(one_process_decayed, NODE)
+    for name in expected:
+        torch.testing.assert_close(trained[name], expected[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_an_anchor_the_model_cannot_hold_exactly_fails_at_the_first_step(tmp_path, tokenizer_dir):
+    """DeepSpeed's bf16 keeps the module in bf16: an fp32 anchor would fail the bitwise check only after
+    the whole stage; the guard says so right after the first optimiser step."""
+    from barctl.errors import BarctlError
+    from barctl.model.branch import branch
+    from barctl.model.freezing import AnchorGuard, apply_trainable
+    from barctl.stages.common import load_model
+    from tests.helpers import make_dense_checkpoint
+
+    anchor = make_dense_checkpoint(tmp_path / "anchor", tokenizer_dir=tokenizer_dir)
+    other = make_dense_checkpoint(tmp_path / "other", tokenizer_dir=tokenizer_dir, seed=1)
+    branch(anchor, tmp_path / "moe", ffn_dir=other, seed=0, max_shard_bytes=10**9)
+    model, _ = load_model(tmp_path / "moe")
+    apply_trainable(model, ["expert", "router"])
+    guard = AnchorGuard(model)
+    guard.restore()
+    guard.verify()
+    model.to(torch.bfloat16)
+    guard.restore()
+    with pytest.raises(BarctlError, match=r"the anchor's weights \(torch.float32\) cannot stay exact in training: "
+                                          r"the model keeps them in torch.bfloat16"):
+        guard.verify()

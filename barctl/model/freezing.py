@@ -131,11 +131,27 @@ class AnchorGuard:
         ]
 
     def restore(self) -> None:
+        """Write the saved values back, into the optimiser's fp32 master copy too under DeepSpeed ZeRO."""
         import torch
+
+        from barctl.model.zero import write_anchor
 
         with torch.no_grad():
             for param, slot0 in self._saved:
-                param[0].copy_(slot0)
+                write_anchor(param, slot0)
+
+    def verify(self) -> None:
+        """BarctlError unless the module holds the saved values exactly (after `restore`): a module kept
+        in a lower precision than the anchor (DeepSpeed's bf16) cannot, and the stage would fail at the end."""
+        import torch
+
+        from barctl.model.zero import anchor_part
+
+        for param, slot0 in self._saved:
+            held = anchor_part(param, slot0)
+            if held is not None and not torch.equal(held[0].double(), held[1].double()):
+                raise BarctlError(f"the anchor's weights ({slot0.dtype}) cannot stay exact in training: the model "
+                                  f"keeps them in {param.dtype}; train in fp32, or start from a {param.dtype} model")
 
 
 ModelOrDir = Union["nn.Module", Path, str]

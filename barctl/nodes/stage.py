@@ -56,10 +56,15 @@ def train_stage(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, An
 
     with CheckpointReader(input_dir) as reader:
         dtype = reader.dtype_of(reader.names()[0])
+    # Under DeepSpeed every rank takes part in gathering the weights (ZeRO-3 partitions them).
+    weights = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.is_deepspeed_enabled else None
     if trainer.accelerator.is_main_process:  # under `accelerate launch`, one process saves
         trained = trainer.accelerator.unwrap_model(trainer.model)
         common.stop_router_logits(trained)
-        trained.to(dtype).save_pretrained(ctx.out)
+        if weights is None:
+            trained.to(dtype).save_pretrained(ctx.out)
+        else:
+            trained.save_pretrained(ctx.out, state_dict={name: t.to(dtype) for name, t in weights.items()})
         tokenizer.save_pretrained(ctx.out)
         check_anchor_slot(ctx.out, input_dir)
         common.clear(ctx.work)

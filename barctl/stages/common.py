@@ -169,13 +169,18 @@ class SkipFinalCheckpoint(TrainerCallback):
 
 
 class RestoreAnchor(TrainerCallback):
-    """Writes the anchor slot back right after each optimiser step (see barctl.model.freezing)."""
+    """Writes the anchor slot back right after each optimiser step (see barctl.model.freezing), and checks
+    after the first that the model holds it exactly, rather than failing the stage after all its compute."""
 
     def __init__(self, guard: AnchorGuard):
         self.guard = guard
+        self.verified = False
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.guard.restore()
+        if not self.verified:
+            self.guard.verify()
+            self.verified = True
 
 
 def prepare_work(work: Path, node_key: str, say: Callable[[str], None]) -> Path:
@@ -219,6 +224,10 @@ def train(trainer: Trainer, say: Callable[[str], None]) -> None:
         if not trainer.is_deepspeed_enabled:  # DeepSpeed resumes from its own, strictly loaded, state files
             check_resumable(trainer.model, checkpoint)
         say(f"resuming from {checkpoint.name}")
+    if trainer.is_deepspeed_enabled:
+        from barctl.model.zero import moe_blocks_as_leaves
+
+        moe_blocks_as_leaves(trainer.model)
     with checkpoints_as_trained(trainer.model):
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
