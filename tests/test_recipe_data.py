@@ -113,7 +113,7 @@ def test_row_counts_follow_the_constants(out, prepare):
     assert counts["code_sft"] == prepare.CODE_SFT_ROWS
     assert counts["code_eval"] == prepare.CODE_EVAL_ROWS
     assert counts["tools_sft"] == prepare.TOOLS_SFT_ROWS
-    assert counts["tools_eval"] == 4 * prepare.TOOLS_EVAL_PER_CATEGORY
+    assert counts["tools_eval"] == sum(prepare.TOOLS_EVAL_ROWS.values()) == 100  # the demo's 100 rows per domain
     harmful = sum(r["harmful"] for r in rows(out, "safety_eval"))
     assert harmful == prepare.SAFETY_EVAL_HARMFUL_ROWS
     assert counts["safety_eval"] - harmful == prepare.SAFETY_EVAL_CHAT_ROWS + prepare.SAFETY_EVAL_QUESTION_ROWS

@@ -648,11 +648,12 @@ def build_tools(reserved_questions: list[str]) -> dict[str, list[dict]]:
     """tools_sft and tools_eval; `reserved_questions` (irrelevance questions kept for safety_eval) are left out."""
     reserved = {key(q) for q in reserved_questions}
     sft, evals = [], []
+    held: set[str] = set()  # BFCL asks a few questions in two categories: each is held out once
     for category, items in sorted(bfcl_items().items()):
-        items = shuffled([i for i in items if key(i["question"]) not in reserved], EVAL_SEED)
+        items = shuffled([i for i in items if key(i["question"]) not in reserved | held], EVAL_SEED)
         evals += items[: TOOLS_EVAL_ROWS[category]]
         sft += items[TOOLS_EVAL_ROWS[category] :]
-    held = {key(i["question"]) for i in evals}
+        held |= {key(i["question"]) for i in evals}
     sft = [i for i in sft if key(i["question"]) not in held]
     sft = shuffled(sorted(sft, key=lambda i: i["id"]), TRAIN_SEED)[:TOOLS_SFT_ROWS]
 
