@@ -7,6 +7,7 @@ loses only the node that was running, and the next plan shows it again.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from barctl import __version__
 from barctl.errors import BarctlError, NodeFailed
 from barctl.nodes import NodeContext, has_runner, runner_for
 from barctl.plan import Action, Plan
+from barctl.rewards.sandbox import UNISOLATED_ENV
 from barctl.project import Project
 from barctl.store import Artifact
 
@@ -70,6 +72,7 @@ def apply_plan(project: Project, plan: Plan, reporter: Reporter) -> ApplyResult:
     """
     check_runnable(plan)
     quiet_libraries()
+    os.environ[UNISOLATED_ENV] = "1" if project.recipe.sandbox_isolation == "best_effort" else "0"
     project.store.clear_staging()
     result = ApplyResult()
     lockfile = project.lockfile

@@ -23,7 +23,21 @@ SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers")
 
 def plan_issues(recipe: Recipe) -> list[Issue]:
     return (_model_issues(recipe) + _data_issues(recipe) + _training_issues(recipe) + _report_to_issues(recipe)
-            + grader_issues(recipe))
+            + grader_issues(recipe) + _sandbox_issues(recipe))
+
+
+def _sandbox_issues(recipe: Recipe) -> list[Issue]:
+    """Model-written code (code_tests) where the sandbox cannot isolate it, unless the manifest allows that."""
+    uses = [("evals", "domains", domain, "metric") for domain, spec in recipe.evals.get("domains", {}).items()
+            if spec["metric"] == "code_tests"]
+    uses += [("experts", expert.name, "stages", index, "rewards", number, "name")
+             for expert in recipe.experts for index, stage in enumerate(expert.stages)
+             for number, reward in enumerate(stage.rewards) if reward["name"] == "code_tests"]
+    if not uses or recipe.sandbox_isolation == "best_effort":
+        return []
+    from barctl.rewards.sandbox import UNISOLATED, namespaces_available
+
+    return [] if namespaces_available() else [recipe.issue(where, UNISOLATED) for where in uses]
 
 
 def _model_issues(recipe: Recipe) -> list[Issue]:

@@ -96,6 +96,7 @@ class Recipe:
     document: LoadedYaml
     evals: dict[str, Any] = field(default_factory=dict)
     gates: tuple[Any, ...] = ()
+    sandbox_isolation: str = "required"  # or "best_effort": model code may run without namespaces
 
     def resolve(self, relative: str) -> Path:
         return (self.root / relative).resolve()
@@ -585,6 +586,7 @@ def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
         document=loaded,
         evals=_build_evals(data.get("evals")),
         gates=tuple(_build_gate(gate, data) for gate in data.get("gates", [])),
+        sandbox_isolation=data.get("sandbox", {}).get("isolation", "required"),
     )
 
 

@@ -27,6 +27,7 @@ def mode(request, monkeypatch):
             pytest.skip("unshare cannot create user namespaces here")
     else:
         monkeypatch.setattr(sandbox, "namespaces_available", lambda: False)
+        monkeypatch.setenv(sandbox.UNISOLATED_ENV, "1")  # what `sandbox: {isolation: best_effort}` allows
     return request.param
 
 

@@ -1,5 +1,6 @@
 """The sandbox holds when its caller does not: model code dies with a killed barctl and at its
-own deadline, memfd_create is denied, and no preexec_fn runs in the (threaded) caller."""
+own deadline, memfd_create is denied, no preexec_fn runs in the (threaded) caller, and without
+namespaces model code runs only where the manifest allows it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from barctl.rewards import sandbox
 from barctl.rewards.sandbox import run_python
@@ -77,3 +80,38 @@ def test_no_preexec_fn_runs_in_the_caller(monkeypatch):
     assert result.ok and result.stdout.strip() == "300"  # the child set its own limits
     assert seen and all(kwargs.get("preexec_fn") is None for kwargs in seen)
 
+
+
+def test_without_namespaces_model_code_is_refused_unless_the_manifest_allows_it(monkeypatch):
+    import warnings
+
+    from barctl.errors import BarctlError
+
+    monkeypatch.setattr(sandbox, "namespaces_available", lambda: False)
+    monkeypatch.delenv(sandbox.UNISOLATED_ENV, raising=False)
+    with pytest.raises(BarctlError, match="cannot isolate model-written code here"):
+        run_python("print(1)")
+    monkeypatch.setenv(sandbox.UNISOLATED_ENV, "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run_python("print(1)").stdout == "1\n"
+    assert any("WITHOUT filesystem isolation" in str(w.message) for w in caught)
+
+
+def test_plan_refuses_code_tests_without_isolation_at_its_line(tmp_path, tokenizer_dir, monkeypatch):
+    import json
+
+    from tests.projects import barctl, make_project, tiny_manifest
+
+    monkeypatch.setattr(sandbox, "namespaces_available", lambda: False)
+    (tmp_path / "code.jsonl").write_text(json.dumps({"prompt": "def f(): ...", "tests": "assert True"}) + "\n")
+    evals = {"domains": {"code": {"dataset": "code_eval", "metric": "code_tests"}}}
+    datasets = {"code_eval": {"path": "code.jsonl", "format": "prompt"}}
+    path = make_project(tmp_path, tokenizer_dir, tiny_manifest(datasets=datasets, evals=evals))
+    line = next(i for i, row in enumerate(path.read_text().splitlines(), 1) if "metric: code_tests" in row)
+    result = barctl("plan", path)
+    assert result.exit_code == 1
+    assert f"{path}:{line}:" in result.output and "sandbox: {isolation: best_effort}" in result.output
+    allowed = make_project(tmp_path, tokenizer_dir, tiny_manifest(datasets=datasets, evals=evals,
+                                                                  sandbox={"isolation": "best_effort"}))
+    assert barctl("plan", allowed).exit_code == 0

@@ -23,7 +23,9 @@ Layers, outermost first:
   real root user, and it denies socket(2) itself, which no in-process patch of the
   ``socket`` module could.
 
-Without user namespaces the filesystem is NOT isolated: the code can write wherever
+Without user namespaces the filesystem is NOT isolated, so the sandbox refuses to run
+unless the manifest allows it (``sandbox: {isolation: best_effort}``, which apply passes
+on as BARCTL_SANDBOX_UNISOLATED=1) and warns every run: the code can write wherever
 the calling user can (file size is still bounded), and, when that user is root, it
 can also signal other processes. The seccomp filter still blocks processes and
 sockets.
@@ -46,12 +48,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from barctl.errors import BarctlError
 
 _CHILD = Path(__file__).with_name("sandbox_child.py")
+# Set by apply when the manifest says `sandbox: {isolation: best_effort}`; read in every process
+# that runs model code (stage workers too).
+UNISOLATED_ENV = "BARCTL_SANDBOX_UNISOLATED"
+UNISOLATED = ("the code sandbox cannot isolate model-written code here: user namespaces are unavailable "
+              "(`unshare --user` fails, as in many containers). Run where they work, or accept running it "
+              "without filesystem isolation with `sandbox: {isolation: best_effort}` in the manifest")
 _CHUNK = 65536
 # The watchdog's deadline trails the supervisor's: it is the backstop for a caller that died.
 _WATCHDOG_GRACE_S = 1.0
@@ -85,6 +94,11 @@ def namespaces_available() -> bool:
 def _use_namespaces() -> bool:
     if namespaces_available():
         return True
+    if os.environ.get(UNISOLATED_ENV) != "1":
+        raise BarctlError(UNISOLATED)
+    warnings.warn("model-written code runs WITHOUT filesystem isolation (no user namespaces here; the "
+                  "manifest allows it with sandbox.isolation: best_effort): only the limits and the seccomp "
+                  "filter hold it", RuntimeWarning, stacklevel=2)
     probe = _run("", False, 30, 512, _CHUNK)
     if not probe.ok:
         raise BarctlError(f"cannot start the code sandbox: {probe.reason}: {probe.stderr.strip()}")
