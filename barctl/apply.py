@@ -22,7 +22,11 @@ from barctl.nodes import NodeContext, has_runner, runner_for
 from barctl.plan import Action, Plan
 from barctl.rewards.sandbox import UNISOLATED_ENV
 from barctl.project import Project
-from barctl.store import Artifact
+from barctl.remote import RemoteStore
+from barctl.store import Artifact, tree_digest
+
+# Never pulled: the gates are checked on this machine, the export is written to output.dir here.
+BUILT_HERE = ("gates", "export")
 
 
 class Reporter(Protocol):
@@ -64,11 +68,13 @@ def check_runnable(plan: Plan) -> None:
         )
 
 
-def apply_plan(project: Project, plan: Plan, reporter: Reporter) -> ApplyResult:
+def apply_plan(project: Project, plan: Plan, reporter: Reporter, push: bool = False) -> ApplyResult:
     """Run every node the plan says, then drop removed nodes from the lockfile.
 
     Before a node runs, the artifacts it reads are checked from their content; a damaged
     one is rebuilt first (a repair), so nothing damaged goes into a model or the output.
+    With a remote store, a node whose key it holds is pulled (content-checked) instead of
+    built; with `push`, what is built is uploaded to it.
     """
     check_runnable(plan)
     quiet_libraries()
@@ -79,7 +85,7 @@ def apply_plan(project: Project, plan: Plan, reporter: Reporter) -> ApplyResult:
     verified: set[str] = set()
     for action in plan.to_run:
         _repair_damaged_inputs(project, action.node_id, verified, reporter, result)
-        _build(project, action, reporter, result)
+        _build(project, action, reporter, result, push)
         verified.add(action.node_id)
     for action in plan.to_remove:
         lockfile.entries.pop(action.node_id, None)
@@ -89,13 +95,39 @@ def apply_plan(project: Project, plan: Plan, reporter: Reporter) -> ApplyResult:
     return result
 
 
-def _build(project: Project, action: Action, reporter: Reporter, result: ApplyResult) -> None:
+def _build(project: Project, action: Action, reporter: Reporter, result: ApplyResult, push: bool = False) -> None:
     reporter.start(action)
-    entry = _run_node(project, action, lambda message: reporter.say(action, message))
+    say = lambda message: reporter.say(action, message)  # noqa: E731
+    remote = project.remote if action.kind not in BUILT_HERE else None
+    entry = _pull(project, action, remote, say) if remote is not None else None
+    if entry is None:
+        entry = _run_node(project, action, say)
+        if remote is not None and push and remote.push(action.key, project.store.root / entry["artifact"]["path"],
+                                                       entry):
+            say(f"pushed to {remote.url}")
     project.lockfile.entries[action.node_id] = entry
     project.lockfile.write(project.graph.ids)
     (result.built if action.action == "create" else result.rebuilt).append(action.node_id)
     reporter.done(action, entry)
+
+
+def _pull(project: Project, action: Action, remote: RemoteStore, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """The node's entry when the remote holds its key and the artifact matches the digest pushed with it."""
+    recorded = remote.entry(action.key)
+    if recorded is None:
+        return None
+    store = project.store
+    with store.staging(action.key) as staged:
+        remote.pull(action.key, staged)
+        digest, _, _ = tree_digest(staged, store.cache, trust_cache=False)
+        if digest != (recorded.get("artifact") or {}).get("digest"):
+            say(f"the artifact in {remote.url} fails its digest; building it here instead")
+            return None
+        artifact = store.commit(staged, action.key)
+    say(f"pulled from {remote.url}")
+    entry = _entry(project, action.node_id, artifact, {"seconds": 0, **(recorded.get("metrics") or {})})
+    return {**entry, "built_with": recorded.get("built_with", entry["built_with"]),
+            "built_at": recorded.get("built_at", entry["built_at"]), "pulled_from": remote.url}
 
 
 def _repair_damaged_inputs(project: Project, node_id: str, verified: set[str], reporter: Reporter,

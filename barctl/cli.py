@@ -159,8 +159,9 @@ def plan(manifest: Path, out: Path | None, targets: tuple[str, ...], replace: tu
               help="Rebuild this node even if it is up to date (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (needs --auto-approve "
               "unless TARGET is a saved plan).")
+@click.option("--push", is_flag=True, help="Upload what is built to the manifest's store.remote.")
 def apply(target: Path, auto_approve: bool, targets: tuple[str, ...], replace: tuple[str, ...],
-          as_json: bool) -> None:
+          as_json: bool, push: bool) -> None:
     """Build what the plan says: TARGET is a manifest, or a plan saved with `plan --out`."""
     from barctl.recipe import load_recipe
     from barctl.render import apply_summary
@@ -170,7 +171,7 @@ def apply(target: Path, auto_approve: bool, targets: tuple[str, ...], replace: t
         raise BarctlError("--target and --replace belong to `barctl plan` when applying a saved plan")
     manifest = Path(saved.manifest) if saved else target
     load_recipe(manifest)  # a broken manifest is reported before anything is written
-    project, result = _apply(manifest, saved, list(targets), list(replace), auto_approve, as_json)
+    project, result = _apply(manifest, saved, list(targets), list(replace), auto_approve, as_json, push)
     if as_json:
         console.print_json(data=vars(result))
     elif result.built or result.rebuilt or result.removed:
@@ -204,7 +205,7 @@ def evaluate(manifest: Path, auto_approve: bool, as_json: bool) -> None:
 
 
 def _apply(manifest: Path, saved: "Plan | None", targets: list[str], replace: list[str], auto_approve: bool,
-           quiet: bool) -> "tuple[Project, ApplyResult]":
+           quiet: bool, push: bool = False) -> "tuple[Project, ApplyResult]":
     """Plan (or take the saved plan), ask, run; print the evaluations (also when a node failed)."""
     from barctl.apply import ApplyResult, apply_plan, check_plan_is_current
     from barctl.lock import StateLock
@@ -231,7 +232,7 @@ def _apply(manifest: Path, saved: "Plan | None", targets: list[str], replace: li
         if not quiet:
             console.print()
         try:
-            result = apply_plan(project, the_plan, reporter)
+            result = apply_plan(project, the_plan, reporter, push)
         finally:
             if not quiet:
                 _print_evaluations(project, only_if_run=the_plan)
@@ -311,6 +312,25 @@ def init(directory: Path) -> None:
         console.print(f"  wrote {path}")
     console.print(f"Next: [bold]barctl plan {directory / MANIFEST}[/], then "
                   f"[bold]barctl apply {directory / MANIFEST} --auto-approve[/]")
+
+
+@main.command(cls=Command)
+@click.argument("manifest", type=MANIFEST)
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
+def gc(manifest: Path, as_json: bool) -> None:
+    """Remove artifacts of the local store that no lockfile entry references."""
+    from barctl.lock import StateLock
+    from barctl.project import Project
+    from barctl.render import human_size
+
+    with StateLock(manifest.resolve().parent / ".barctl") as state:
+        state.acquire(f"barctl gc {manifest}")
+        project = Project.load(manifest)
+        removed, freed = project.store.prune({entry["key"] for entry in project.lockfile.entries.values()})
+    if as_json:
+        console.print_json(data={"removed": removed, "bytes": freed})
+    else:
+        console.print(f"Removed {len(removed)} unreferenced artifacts ({human_size(freed)}).")
 
 
 @main.command("force-unlock", cls=Command)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from barctl.cost import plan_costs, total
 from barctl.errors import ManifestError
@@ -13,6 +15,9 @@ from barctl.lock import Lockfile
 from barctl.plan import Plan, make_plan
 from barctl.recipe import Recipe, load_recipe
 from barctl.store import Store
+
+if TYPE_CHECKING:
+    from barctl.remote import RemoteStore
 
 
 @dataclass
@@ -39,6 +44,14 @@ class Project:
             if recipe.manifest_path.is_relative_to(recipe.lockfile.parent) else str(recipe.manifest_path)
         lockfile = Lockfile.read(recipe.lockfile, manifest_name, recipe.root)
         return cls(recipe, graph, lockfile, store)
+
+    @cached_property
+    def remote(self) -> "RemoteStore | None":
+        """The shared store of `store.remote`, if the manifest names one."""
+        from barctl.remote import RemoteStore
+
+        url = self.recipe.store_remote
+        return RemoteStore(url, self.recipe.root) if url else None
 
     @property
     def manifest_digest(self) -> str:

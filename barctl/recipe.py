@@ -97,6 +97,7 @@ class Recipe:
     evals: dict[str, Any] = field(default_factory=dict)
     gates: tuple[Any, ...] = ()
     sandbox_isolation: str = "required"  # or "best_effort": model code may run without namespaces
+    store_remote: str | None = None  # store.remote: a shared artifact store (barctl.remote)
 
     def resolve(self, relative: str) -> Path:
         return (self.root / relative).resolve()
@@ -587,6 +588,7 @@ def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
         evals=_build_evals(data.get("evals")),
         gates=tuple(_build_gate(gate, data) for gate in data.get("gates", [])),
         sandbox_isolation=data.get("sandbox", {}).get("isolation", "required"),
+        store_remote=data.get("store", {}).get("remote"),
     )
 
 

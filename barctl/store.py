@@ -131,6 +131,16 @@ class Store:
             return f"its artifact {artifact['path']} fails its digest (files were changed or damaged)"
         return None
 
+    def prune(self, keep: set[str]) -> tuple[list[str], int]:
+        """Remove the artifacts whose key is not in `keep`: (their keys, bytes freed)."""
+        removed, freed = [], 0
+        for directory in sorted(self.objects.glob("*/*")):
+            if directory.is_dir() and directory.name not in keep:
+                freed += sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+                shutil.rmtree(directory)
+                removed.append(directory.name)
+        return removed, freed
+
     def save_cache(self) -> None:
         self.cache.save()
 
