@@ -153,8 +153,10 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         recipe = load_recipe(args.manifest)
-        command = accelerate_command(stage_launcher(recipe, args.node), recipe, args.node,
-                                     machine_rank=args.machine_rank)
+        launcher = stage_launcher(recipe, args.node)
+        if launcher["kind"] != "accelerate":
+            raise BarctlError(f"{args.node} declares no accelerate launcher: it runs inside `barctl apply`")
+        command = accelerate_command(launcher, recipe, args.node, machine_rank=args.machine_rank)
     except BarctlError as e:
         sys.exit(f"error: {e}")
     if args.print:

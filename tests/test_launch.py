@@ -102,6 +102,12 @@ def test_launch_prints_this_nodes_command(tmp_path, tokenizer_dir, monkeypatch, 
         main([str(tmp_path / "bar.yaml"), "experts.code.dpo", "--print"])
 
 
+def test_launch_refuses_a_stage_that_runs_in_process(tmp_path, tokenizer_dir):
+    launch_recipe(tmp_path, tokenizer_dir, {"kind": "local"})
+    with pytest.raises(SystemExit, match="error: experts.code.sft declares no accelerate launcher"):
+        main([str(tmp_path / "bar.yaml"), "experts.code.sft", "--print"])
+
+
 def test_the_launcher_is_not_part_of_the_key(tmp_path, tokenizer_dir):
     """Moving a stage from a laptop to a cluster must not rebuild it."""
     from barctl.project import Project
