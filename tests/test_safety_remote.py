@@ -1,10 +1,12 @@
 """A store shared between machines: CI pushes what it builds, a fresh clone pulls it (content
 checked) instead of building, a damaged remote artifact is rebuilt locally, and gc prunes
-what no lockfile entry references."""
+what no lockfile entry references. Against a shared path and an S3-compatible server (moto)."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from tests.projects import apply, barctl, changed, make_project, plan_json, tiny_manifest, write_manifest
 
@@ -52,3 +54,32 @@ def test_gc_removes_only_unreferenced_artifacts(tmp_path, tokenizer_dir):
     result = json.loads(barctl("gc", path, "--json").output)
     assert len(result["removed"]) == 3 and result["bytes"] > 0  # the old math branch, merge and router
     assert changed(plan_json(path)) == {}  # everything referenced is still there
+
+
+def test_push_and_pull_through_an_s3_compatible_server(tmp_path, tokenizer_dir, monkeypatch):
+    import socket
+
+    pytest.importorskip("s3fs")
+    boto3 = pytest.importorskip("boto3")
+    server_module = pytest.importorskip("moto.server")
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                            ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", endpoint)):
+            monkeypatch.setenv(name, value)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="artifacts")
+        remote = {"store": {"remote": "s3://artifacts/barctl"}}
+        ci = make_project(tmp_path / "ci", tokenizer_dir, tiny_manifest(**remote))
+        assert apply(ci, "--push").output.count("pushed to s3://artifacts/barctl") == len(PULLED)
+        laptop = make_project(tmp_path / "laptop", tokenizer_dir, tiny_manifest(**remote))
+        assert apply(laptop).output.count("pulled from s3://artifacts/barctl") == len(PULLED)
+        assert (laptop.parent / "out/moe/model.safetensors").read_bytes() == \
+            (ci.parent / "out/moe/model.safetensors").read_bytes()
+    finally:
+        server.stop()
