@@ -77,20 +77,77 @@ def _weights_problems(recipe: Recipe, source: dict | None) -> list[str]:
     return [problem for problem in map(safetensors_problem, files) if problem]
 
 
-def _data_issues(recipe: Recipe) -> list[Issue]:
+def _read_datasets(recipe: Recipe) -> dict[str, tuple[str, ...]]:
     """Every dataset a stage or an evaluation reads, with the columns its evaluation metrics need."""
     required: dict[str, set[str]] = {name: set() for expert in recipe.experts for stage in expert.stages
                                      for name in stage_datasets(stage)}
     for domain in recipe.evals.get("domains", {}).values():
         required.setdefault(domain["dataset"], set()).update(EVAL_COLUMNS[domain["metric"]])
+    return {name: tuple(sorted(columns)) for name, columns in sorted(required.items())}
+
+
+def _data_issues(recipe: Recipe) -> list[Issue]:
     issues = []
     checked = RowsChecked(recipe.state_dir)
-    for name in sorted(required):
-        spec, columns = recipe.dataset_spec(name), tuple(sorted(required[name]))
+    for name, columns in _read_datasets(recipe).items():
+        spec = recipe.dataset_spec(name)
         problems = check_dataset(spec, columns) or _row_problems(checked, spec, columns)
         issues += [recipe.issue(("datasets", name), problem) for problem in problems]
     checked.save()
     return issues
+
+
+def plan_warnings(recipe: Recipe) -> list[Issue]:
+    """What plan accepts but a user likely did not mean: counts above a dataset's rows (rows
+    repeat), evaluations on data a stage trains on, generations longer than the anchor's context."""
+    return _count_warnings(recipe) + _eval_data_warnings(recipe) + _context_warnings(recipe)
+
+
+def _count_warnings(recipe: Recipe) -> list[Issue]:
+    checked, columns = RowsChecked(recipe.state_dir), _read_datasets(recipe)
+    warnings = []
+    for expert in recipe.experts:
+        for index, stage in enumerate(expert.stages):
+            for number, source in enumerate((stage.mix or {}).get("sources", [])):
+                rows = _dataset_rows(checked, recipe.dataset_spec(source["dataset"]), columns[source["dataset"]])
+                if source.get("count") and rows and source["count"] > rows:
+                    warnings.append(recipe.issue(
+                        ("experts", expert.name, "stages", index, "mix", "sources", number, "count"),
+                        f"count {source['count']} is above the {rows} rows of '{source['dataset']}': "
+                        f"each row repeats about {source['count'] / rows:.1f} times"))
+    return warnings
+
+
+def _dataset_rows(checked: RowsChecked, spec: dict, columns: tuple[str, ...]) -> int | None:
+    """A local dataset's rows, as counted when its files were checked (None when unknown)."""
+    if spec.get("hub"):
+        return None
+    counts = [checked.rows(file, spec["format"], spec.get("columns") or {}, columns) for file in resolve_files(spec)]
+    return None if None in counts else sum(counts)
+
+
+def _eval_data_warnings(recipe: Recipe) -> list[Issue]:
+    trained = {}
+    for expert in recipe.experts:
+        for stage in expert.stages:
+            for name in stage_datasets(stage):
+                trained.setdefault(name, f"experts.{expert.name}.{stage.name}")
+    return [recipe.issue(("evals", "domains", domain, "dataset"),
+                         f"{spec['dataset']!r} is also training data ({trained[spec['dataset']]}): "
+                         "the score measures memorisation, not the domain")
+            for domain, spec in recipe.evals.get("domains", {}).items() if spec["dataset"] in trained]
+
+
+def _context_warnings(recipe: Recipe) -> list[Issue]:
+    context = describe(recipe.resolve_source(recipe.anchor)).get("max_position_embeddings")
+    warnings = []
+    for domain, spec in recipe.evals.get("domains", {}).items():
+        generation = spec["generation"]
+        if context and generation["max_length"] + generation["max_new_tokens"] > context:
+            warnings.append(recipe.issue(("evals", "domains", domain),
+                f"prompts of up to {generation['max_length']} tokens plus max_new_tokens "
+                f"{generation['max_new_tokens']} exceed the anchor's context of {context} tokens"))
+    return warnings
 
 
 def _row_problems(checked: RowsChecked, spec: dict, columns: tuple[str, ...]) -> list[str]:

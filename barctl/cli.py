@@ -141,8 +141,9 @@ def plan(manifest: Path, out: Path | None, targets: tuple[str, ...], replace: tu
     if out is not None:
         the_plan.save(out)
     if as_json:
-        console.print_json(data={**the_plan.to_dict(), "counts": the_plan.counts()})
+        console.print_json(data={**the_plan.to_dict(), "counts": the_plan.counts(), "warnings": project.warnings})
     else:
+        _print_warnings(project)
         print_plan(console, the_plan, f"{project.recipe.name} ({manifest})")
         if out is not None:
             console.print(f"\nSaved the plan to {out}. Run it with: barctl apply {out}")
@@ -217,6 +218,8 @@ def _apply(manifest: Path, saved: "Plan | None", targets: list[str], replace: li
         state.acquire(f"barctl apply {manifest}")
         project = Project.load(manifest)
         project.lockfile.clear_stray_temp_files()
+        if not quiet:
+            _print_warnings(project)
         if saved is not None:
             check_plan_is_current(project, saved)
             the_plan = saved
@@ -237,6 +240,11 @@ def _apply(manifest: Path, saved: "Plan | None", targets: list[str], replace: li
             if not quiet:
                 _print_evaluations(project, only_if_run=the_plan)
     return project, result
+
+
+def _print_warnings(project: "Project") -> None:
+    for warning in project.warnings:
+        console.print(f"[yellow]Warning:[/] {escape(warning)}")
 
 
 def _print_evaluations(project: "Project", only_if_run: "Plan | None" = None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,11 +26,12 @@ class Project:
     graph: Graph
     lockfile: Lockfile
     store: Store
+    warnings: list[str] = field(default_factory=list)  # located, for plan and apply to show
 
     @classmethod
     def load(cls, manifest: Path) -> "Project":
         """Validate the manifest, check its models and data, and key every node."""
-        from barctl.checks import plan_issues
+        from barctl.checks import plan_issues, plan_warnings
         from barctl.fingerprints import ProjectFingerprints
 
         recipe = load_recipe(manifest)
@@ -43,7 +44,8 @@ class Project:
         manifest_name = recipe.manifest_path.relative_to(recipe.lockfile.parent).as_posix() \
             if recipe.manifest_path.is_relative_to(recipe.lockfile.parent) else str(recipe.manifest_path)
         lockfile = Lockfile.read(recipe.lockfile, manifest_name, recipe.root)
-        return cls(recipe, graph, lockfile, store)
+        warnings = [warning.format(recipe.document.filename) for warning in plan_warnings(recipe)]
+        return cls(recipe, graph, lockfile, store, warnings)
 
     @cached_property
     def remote(self) -> "RemoteStore | None":

@@ -67,9 +67,10 @@ def test_each_file_is_read_once_per_content(tmp_path, monkeypatch):
 
     import barctl.data.rows as rows
 
-    monkeypatch.setattr(rows, "file_row_problems", lambda *a: ["read again"])
+    monkeypatch.setattr(rows, "_scan", lambda *a: (["read again"], 1))
     again = RowsChecked(tmp_path / ".barctl")
     assert again.problems(data, "text", {}, ()) == []  # remembered across plans
+    assert again.rows(data, "text", {}, ()) == 1
     assert again.problems(data, "prompt", {}, ()) == ["read again"]  # another format is another check
     data.write_text(json.dumps({"text": "b"}) + "\n")
     assert again.problems(data, "text", {}, ()) == ["read again"]  # new content is checked again

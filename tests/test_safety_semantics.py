@@ -81,3 +81,27 @@ def test_a_random_vocabulary_smaller_than_its_tokenizer_is_refused_at_plan(tmp_p
     assert result.exit_code == 1
     assert f"{path}:{line + 1}:" in result.output  # base.anchor's value starts on the next line
     assert "random.config.vocab_size 100 is smaller than its tokenizer (300 tokens)" in result.output
+
+
+def test_plan_warns_at_their_lines_and_still_plans(tmp_path, tokenizer_dir):
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "yo"}]}) + "\n" for i in range(3)))
+    stage = {"kind": "sft", "mix": {"sources": [{"dataset": "chat", "count": 10}]}}
+    evals = {"generation": {"max_new_tokens": 64, "max_length": 100},
+             "domains": {"general": {"dataset": "chat", "metric": "loss"}}}
+    manifest = tiny_manifest({"math": {"stages": [stage]}}, datasets={"chat": DATASETS["chat"]}, evals=evals)
+    path = make_project(tmp_path, tokenizer_dir, manifest)
+    rows = path.read_text().splitlines()
+
+    def line(text: str, after: int = 0) -> int:
+        return next(i for i, row in enumerate(rows, 1) if i > after and text in row)
+
+    result = barctl("plan", path)
+    assert result.exit_code == 0, result.output
+    assert f"{path}:{line('count: 10')}:" in result.output
+    assert "count 10 is above the 3 rows of 'chat': each row repeats about 3.3 times" in result.output
+    assert f"{path}:{line('dataset: chat', line('evals:'))}:" in result.output
+    assert "'chat' is also training data (experts.math.sft)" in result.output
+    assert "prompts of up to 100 tokens plus max_new_tokens 64 exceed the anchor's context of 128 tokens" \
+        in result.output
+    assert len(json.loads(barctl("plan", path, "--json").output)["warnings"]) == 3

@@ -2,8 +2,9 @@
 message roles, UTF-8. A bad row 300 is reported with its file and line before anything
 trains, not an hour later as a library's traceback.
 
-Files that passed are remembered by content digest (and the format and columns they were
-checked for) in `.barctl/cache/rows.json`, so a plan re-reads only changed data.
+Files that passed are remembered, with their row count, by content digest (and the format
+and columns they were checked for) in `.barctl/cache/rows.json`, so a plan re-reads only
+changed data.
 """
 
 from __future__ import annotations
@@ -19,48 +20,62 @@ from barctl.data.fingerprint import FingerprintCache, file_digest
 from barctl.data.formats import FORMATS, value_problem
 
 SHOWN = 3  # problems listed per file; the rest are counted
-_VERSION = 1
+_VERSION = 2
 
 
 class RowsChecked:
-    """The (file digest, format, columns) combinations whose every row passed."""
+    """The (file digest, format, columns) combinations whose every row passed, with their row counts."""
 
     def __init__(self, state_dir: Path):
         self.path = state_dir / "cache" / "rows.json"
         self.digests = FingerprintCache(state_dir / "cache" / "digests.json")
         try:
             document = json.loads(self.path.read_text(encoding="utf-8"))
-            self._passed = set(document["passed"]) if document.get("version") == _VERSION else set()
+            self._passed = dict(document["passed"]) if document.get("version") == _VERSION else {}
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
-            self._passed = set()
+            self._passed = {}
 
     def problems(self, file: Path, fmt: str, mapping: dict[str, str], required: tuple[str, ...]) -> list[str]:
         """The file's row problems; none (without reading it) when this content passed before."""
-        key = hashlib.sha256(json.dumps([_VERSION, file_digest(file, self.digests), fmt, mapping,
-                                         sorted(required)], sort_keys=True).encode()).hexdigest()
+        key = self._key(file, fmt, mapping, required)
         if key in self._passed:
             return []
-        problems = file_row_problems(file, fmt, mapping, required)
+        problems, rows = _scan(file, fmt, mapping, required)
         if not problems:
-            self._passed.add(key)
+            self._passed[key] = rows
         return problems
+
+    def rows(self, file: Path, fmt: str, mapping: dict[str, str], required: tuple[str, ...]) -> int | None:
+        """The file's row count, when its content passed the check (else None)."""
+        return self._passed.get(self._key(file, fmt, mapping, required))
+
+    def _key(self, file: Path, fmt: str, mapping: dict[str, str], required: tuple[str, ...]) -> str:
+        return hashlib.sha256(json.dumps([_VERSION, file_digest(file, self.digests), fmt, mapping,
+                                          sorted(required)], sort_keys=True).encode()).hexdigest()
 
     def save(self) -> None:
         """Remember what passed; a read-only checkout simply checks again next time."""
         self.digests.save()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"version": _VERSION, "passed": sorted(self._passed)}), encoding="utf-8")
+            self.path.write_text(json.dumps({"version": _VERSION, "passed": dict(sorted(self._passed.items()))}),
+                                 encoding="utf-8")
         except OSError:
             pass
 
 
 def file_row_problems(file: Path, fmt: str, mapping: dict[str, str], required: tuple[str, ...]) -> list[str]:
     """'line N: ...' (or 'record N', 'row N') for the first rows at fault, then how many more."""
+    return _scan(file, fmt, mapping, required)[0]
+
+
+def _scan(file: Path, fmt: str, mapping: dict[str, str], required: tuple[str, ...]) -> tuple[list[str], int]:
+    """The file's row problems and its row count."""
     shown: list[str] = []
-    faulty = 0
+    faulty = rows = 0
     try:
         for place, record in _rows(file):
+            rows += 1
             problem = row_problem(record, fmt, mapping, required)
             if problem:
                 faulty += 1
@@ -70,7 +85,7 @@ def file_row_problems(file: Path, fmt: str, mapping: dict[str, str], required: t
         shown.append(str(error))
     if faulty > SHOWN:
         shown.append(f"{faulty - SHOWN} more rows have problems")
-    return shown
+    return shown, rows
 
 
 def row_problem(record: Any, fmt: str, mapping: dict[str, str], required: tuple[str, ...]) -> str | None:
