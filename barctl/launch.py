@@ -39,6 +39,7 @@ from barctl.store import Store
 METRICS_FILE = "metrics.json"
 # accelerate config `distributed_type`s under which its simple launcher starts a single process
 _SINGLE_PROCESS_TYPES = {"NO", "MULTI_CPU"}
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def stage_launcher(recipe: Recipe, node_id: str) -> dict[str, Any]:
@@ -120,6 +121,20 @@ def _first_slurm_host(env: Mapping[str, str]) -> str | None:
     return m.group(1) + (m.group(2) or "") if m else None
 
 
+def die_with_parent() -> None:
+    """Have Linux kill this process when its parent dies (elsewhere, nothing happens).
+
+    The launcher and every rank set it, so that a killed apply takes its ranks with it: they
+    would otherwise go on writing into the stage's work directory while the next apply resumes.
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def run_with_accelerate(ctx: NodeContext, launcher: dict[str, Any]) -> dict[str, Any]:
     """Train the stage in processes started by accelerate; move the model into `ctx.out`; return the metrics."""
     command = accelerate_command(launcher, ctx.recipe, ctx.node.id)
@@ -128,7 +143,7 @@ def run_with_accelerate(ctx: NodeContext, launcher: dict[str, Any]) -> dict[str,
     shutil.rmtree(out, ignore_errors=True)
     metrics_file = work / METRICS_FILE
     metrics_file.unlink(missing_ok=True)
-    finished = subprocess.run(command, cwd=ctx.recipe.root)
+    finished = subprocess.run(command, cwd=ctx.recipe.root, preexec_fn=die_with_parent)
     if finished.returncode != 0:
         raise BarctlError(f"accelerate launch exited with status {finished.returncode}")
     if not metrics_file.is_file() or not out.is_dir():
@@ -162,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.print:
         print(" ".join(command))
         return
-    sys.exit(subprocess.run(command, cwd=recipe.root).returncode)
+    sys.exit(subprocess.run(command, cwd=recipe.root, preexec_fn=die_with_parent).returncode)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from barctl.launch import METRICS_FILE, worker_paths
+from barctl.launch import METRICS_FILE, die_with_parent, worker_paths
 from barctl.nodes import NodeContext
 from barctl.project import Project
 
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     for option in ("--manifest", "--node"):
         parser.add_argument(option, required=True)
     args = parser.parse_args(argv)
+    die_with_parent()
 
     from accelerate import PartialState
 

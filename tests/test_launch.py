@@ -121,3 +121,39 @@ def test_the_launcher_is_not_part_of_the_key(tmp_path, tokenizer_dir):
     stage["launcher"] = {"kind": "accelerate", "num_processes": 4}
     make_project(tmp_path, tokenizer_dir, tiny_manifest({"code": {"stages": [stage]}}, datasets=datasets))
     assert Project.load(path).graph["experts.code.sft"].key == local
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signals are Linux's")
+def test_a_launched_process_dies_with_its_parent(tmp_path):
+    """A killed apply must take its ranks with it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    child_pid = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "from barctl.launch import die_with_parent\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], preexec_fn=die_with_parent)\n"
+        f"open({str(child_pid)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(60)\n")])
+    deadline = time.monotonic() + 30
+    while not (child_pid.exists() and child_pid.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(child_pid.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie awaiting its reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
