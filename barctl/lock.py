@@ -1,8 +1,9 @@
 """The lockfile (`barctl.lock`: the record of built artifacts) and the state lock.
 
 The lockfile is rewritten atomically (temp file, fsync, rename) after every node, so a
-killed apply loses at most the node that was running. The state lock keeps two applies
-from writing the same lockfile and store at once.
+killed apply loses at most the node that was running, and checked whenever it is read.
+The state lock, an OS lock that ends with its process, keeps two applies from writing the
+same lockfile and store at once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ LOCK_VERSION = 2
 # outside barctl) is refused instead of being read as a smaller valid lock.
 FOOTER = "# end of barctl.lock\n"
 MAX_BYTES = 64 * 2**20
+RESTORE = "restore it from version control"
 MAX_VALUES = 1_000_000
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # Field -> (type, required) of each node's entry; the artifact's fields are all required.
@@ -112,9 +114,6 @@ class Lockfile:
             stray.unlink(missing_ok=True)
 
 
-RESTORE = "restore it from version control"
-
-
 def _entry_issues(loaded: LoadedYaml, node_id: Any, entry: Any, root: Path) -> list[Issue]:
     where: tuple = ("nodes", node_id)
     if not isinstance(entry, dict):
@@ -186,10 +185,6 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 class StateLock:
