@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol
 
 from barctl import __version__
 from barctl.errors import BarctlError, NodeFailed
+from barctl.hub import recipe_at_commits
 from barctl.nodes import NodeContext, has_runner, runner_for
 from barctl.plan import Action, Plan
 from barctl.rewards.sandbox import UNISOLATED_ENV
@@ -151,7 +152,9 @@ def _run_node(project: Project, action: Action, say: Callable[[str], None]) -> d
     upstream = {i: entries[i] for i in sorted(project.graph.ancestors(node.id) - {node.id})}
     started = time.monotonic()
     with store.staging(node.key) as staged:
-        context = NodeContext(project.recipe, node, inputs, staged, store.work_dir(node.id), upstream, say)
+        keyed_with = {name: fp for entry in upstream.values() for name, fp in (entry.get("data") or {}).items()}
+        recipe = recipe_at_commits(project.recipe, {**keyed_with, **node.data})  # hub data as it was keyed
+        context = NodeContext(recipe, node, inputs, staged, store.work_dir(node.id), upstream, say)
         try:
             metrics = runner_for(node.kind)(context)
         except BarctlError as error:

@@ -8,8 +8,13 @@ local cache's refs do, as huggingface_hub itself resolves them offline.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from barctl.recipe import Recipe
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
 TIMEOUT_S = 5.0
@@ -33,6 +38,19 @@ def resolved_commit(repo: str, revision: str | None, repo_type: str = "model") -
         except Exception:  # unreachable, unknown or private: the cache may still know the branch
             pass
     return _cached_ref(Path(constants.HF_HUB_CACHE), repo, revision, repo_type)
+
+
+def at_commit(source: dict[str, Any], fingerprint: Any) -> dict[str, Any]:
+    """A hub source (model or dataset) at the commit its branch resolved to when it was keyed."""
+    if isinstance(fingerprint, dict) and "commit" in fingerprint:
+        return {**source, "revision": fingerprint["commit"]}
+    return source
+
+
+def recipe_at_commits(recipe: "Recipe", fingerprints: dict[str, Any]) -> "Recipe":
+    """The recipe with each hub dataset read at the commit in `fingerprints` (dataset name -> fingerprint)."""
+    datasets = {name: at_commit(spec, fingerprints.get(name)) for name, spec in recipe.datasets.items()}
+    return dataclasses.replace(recipe, datasets=datasets)
 
 
 def _cached_ref(cache: Path, repo: str, revision: str, repo_type: str) -> str | None:

@@ -61,13 +61,23 @@ def test_model_fingerprints_carry_the_commit_and_base_builds_exactly_it(tmp_path
     from barctl.data.fingerprint import FingerprintCache
     from barctl.fingerprints import ProjectFingerprints
     from barctl.hub import resolved_commit
-    from barctl.nodes.base import _at_planned_commit
+    from barctl.hub import at_commit
 
     _point(hub_cache, "model", "org/anchor", A)
     fingerprints = ProjectFingerprints(None, FingerprintCache(tmp_path / "digests.json"))
     found = fingerprints.model({"hub": "org/anchor"})
     assert found == {"kind": "hub", "id": "org/anchor", "revision": "main", "commit": A}
-    assert _at_planned_commit({"hub": "org/anchor"}, found) == {"hub": "org/anchor", "revision": A}
+    assert at_commit({"hub": "org/anchor"}, found) == {"hub": "org/anchor", "revision": A}
     assert fingerprints.model({"hub": "org/anchor", "revision": B}) == {
         "kind": "hub", "id": "org/anchor", "revision": B}
     assert resolved_commit("org/unknown", "main") is None  # offline and not cached: keyed by the branch name
+
+
+def test_runners_read_hub_datasets_at_the_commit_they_were_keyed_with(tmp_path, tokenizer_dir, hub_cache):
+    from barctl.hub import recipe_at_commits
+    from barctl.recipe import load_recipe
+
+    recipe = load_recipe(_project(tmp_path, tokenizer_dir))
+    pinned = recipe_at_commits(recipe, {"chat": {"kind": "hub", "id": "org/chat", "revision": "main", "commit": A}})
+    assert pinned.dataset_spec("chat")["revision"] == A
+    assert recipe.dataset_spec("chat").get("revision", "main") == "main"  # the recipe itself is untouched

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from barctl.hub import at_commit
 from barctl.nodes import NodeContext
 
 
@@ -12,15 +13,9 @@ def run(ctx: NodeContext) -> dict[str, Any]:
 
     recipe = ctx.recipe
     ctx.say("materialising the anchor")
-    materialise(_at_planned_commit(recipe.resolve_source(ctx.config["anchor"]), ctx.node.data["anchor"]),
-                ctx.out / "anchor")
+    materialise(at_commit(recipe.resolve_source(ctx.config["anchor"]), ctx.node.data["anchor"]), ctx.out / "anchor")
     if ctx.config["pretrained"] is not None:
         ctx.say("materialising the pretrained FFN source")
-        materialise(_at_planned_commit(recipe.resolve_source(ctx.config["pretrained"]), ctx.node.data["pretrained"]),
+        materialise(at_commit(recipe.resolve_source(ctx.config["pretrained"]), ctx.node.data["pretrained"]),
                     ctx.out / "pretrained")
     return {}
-
-
-def _at_planned_commit(source: dict[str, Any], fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """A hub source at the commit its branch resolved to when the node was keyed."""
-    return {**source, "revision": fingerprint["commit"]} if "commit" in fingerprint else source
