@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -60,9 +59,7 @@ def test_describe_is_torch_free(dense_dir, tok_dir):
 
 @needs_smol
 def test_describe_real_gguf_without_torch():
-    start = time.perf_counter()
     result = describe_in_subprocess(SMOL_SPEC)
-    assert time.perf_counter() - start < 10
     assert not result["torch"]
     config = result["config"]
     assert config["model_type"] == "llama"
