@@ -48,6 +48,9 @@ def setup(verbosity: int, log_file: Path | None) -> None:
         handler._barctl = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    # Re-install the capture: a second setup in one process (tests, notebooks) may find `showwarning`
+    # swapped back by warnings.catch_warnings while logging still believes it captures.
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
     global _show_progress_bars
     _show_progress_bars = verbosity >= 0 and sys.stderr.isatty()

@@ -20,6 +20,8 @@ def default_logging():
 def test_library_warnings_go_to_the_log_file_and_to_the_terminal_only_at_v(tmp_path, capsys):
     from transformers.utils import logging as transformers_logging
 
+    with warnings.catch_warnings():  # an earlier setup in this process, whose showwarning was swapped back since
+        setup(0, None)
     log = tmp_path / "barctl.log"
     setup(0, log)
     route_library_logs()
