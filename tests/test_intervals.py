@@ -27,6 +27,7 @@ def test_wilson_stays_inside_zero_and_one_at_the_extremes():
 def test_pass_fail_rows_get_the_wilson_interval_and_partial_credit_the_bootstrap():
     rows = [1.0] * 7 + [0.0] * 13
     assert score_interval("math_answer", rows, "math") == wilson(7, 20)
+    assert score_interval("math_verify", rows, "math") == wilson(7, 20)
     partial = [0.5] * 7 + [0.0] * 13
     assert score_interval("tool_call", partial, "tools") == score_interval("loss_like", partial, "tools")
     assert score_interval("tool_call", partial, "tools") != wilson(3.5, 20)

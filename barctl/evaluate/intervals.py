@@ -21,7 +21,7 @@ from barctl.errors import BarctlError
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 RESAMPLES = 1000
 SEED = 0
-PASS_FAIL = ("math_answer", "tool_call", "code_tests", "refusal")
+PASS_FAIL = ("math_answer", "math_verify", "tool_call", "code_tests", "refusal")
 
 Interval = tuple[float, float]
 
