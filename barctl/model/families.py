@@ -138,7 +138,6 @@ FLEX_OLMO = Family(
 )
 
 
-
 def _qwen3_moe_fields(dense_config: dict) -> dict:
     """Every layer sparse, experts as wide as the dense FFN, full attention as in the anchor."""
     layers = num_layers(dense_config)
