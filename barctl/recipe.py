@@ -98,6 +98,7 @@ class Recipe:
     gates: tuple[Any, ...] = ()
     sandbox_isolation: str = "required"  # or "best_effort": model code may run without namespaces
     store_remote: str | None = None  # store.remote: a shared artifact store (barctl.remote)
+    baselines: tuple[str, ...] = ()  # "btx", "retrain": built next to BAR and evaluated in its table
 
     def resolve(self, relative: str) -> Path:
         return (self.root / relative).resolve()
@@ -589,6 +590,7 @@ def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
         gates=tuple(_build_gate(gate, data) for gate in data.get("gates", [])),
         sandbox_isolation=data.get("sandbox", {}).get("isolation", "required"),
         store_remote=data.get("store", {}).get("remote"),
+        baselines=tuple(data.get("baselines", [])),
     )
 
 
