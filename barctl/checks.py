@@ -8,6 +8,7 @@ bad row 300) comes before any work.
 from __future__ import annotations
 
 
+from barctl.baselines import baseline_issues
 from barctl.data.files import resolve_files, where
 from barctl.data.inspect import check_dataset
 from barctl.data.rows import RowsChecked
@@ -23,7 +24,17 @@ SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers")
 
 def plan_issues(recipe: Recipe) -> list[Issue]:
     return (_model_issues(recipe) + _data_issues(recipe) + _training_issues(recipe) + _report_to_issues(recipe)
-            + grader_issues(recipe) + _sandbox_issues(recipe))
+            + grader_issues(recipe) + _sandbox_issues(recipe) + _baseline_issues(recipe))
+
+
+def _baseline_issues(recipe: Recipe) -> list[Issue]:
+    if not recipe.baselines:
+        return []
+    try:
+        anchor = describe(recipe.resolve_source(recipe.anchor))
+    except BarctlError:  # _model_issues says why, at base.anchor
+        return []
+    return baseline_issues(recipe, anchor)
 
 
 def _sandbox_issues(recipe: Recipe) -> list[Issue]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from barctl.baselines import btx_stage_id, retrain_stages
 from barctl.model.freezing import group_sizes
 from barctl.recipe import Recipe
 
@@ -38,6 +39,14 @@ def compute_parameters(config: Mapping) -> int:
     head = int(config["vocab_size"]) * hidden  # tied or not, the head is one matrix product per token
     return sizes["attention"] + sizes["norms"] + sizes["router"] + layers * int(config["num_experts_per_tok"]) * ffn \
         + head
+
+
+def dense_parameters(branched: Mapping) -> tuple[int, int]:
+    """(every parameter, parameters that compute per token) of the dense anchor a 2-slot expert's config.json
+    was branched from: one FFN per layer, no router. The baselines' stages train such a model."""
+    router = group_sizes(branched)["router"]
+    every = sum(group_sizes(branched).values()) - router
+    return every, compute_parameters({**branched, "num_experts_per_tok": 1}) - router
 
 
 def mix_rows(mix: Mapping | None) -> int | None:
@@ -89,7 +98,8 @@ def total(costs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def plan_costs(recipe: Recipe, node_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The estimate of every node among `node_ids` that trains: the stages, and router training."""
+    """The estimate of every node among `node_ids` that trains: the stages, router training, and the baselines'
+    stages and router."""
     from barctl.graph import resolved_top_k
     from barctl.model.families import family_for
     from barctl.model.source import describe
@@ -104,11 +114,23 @@ def plan_costs(recipe: Recipe, node_ids: list[str]) -> dict[str, dict[str, Any]]
             if node_id in wanted:
                 processes = int(stage.launcher.get("num_processes") or 1)
                 costs[node_id] = node_cost(stage.kind, stage.training, mix_rows(stage.mix), branched, processes)
+    dense_compute = dense_parameters(family.moe_config(dense, num_experts=2, top_k=2))[1]
+    for expert in recipe.experts:
+        for stage in expert.stages:
+            node_id = btx_stage_id(expert.name, stage.name)
+            if node_id in wanted:
+                costs[node_id] = node_cost(stage.kind, stage.training, mix_rows(stage.mix), dense_compute)
+    for retrain in retrain_stages(recipe):
+        if retrain.node_id in wanted:
+            rows = [mix_rows(mix) for mix in retrain.mixes()]
+            costs[retrain.node_id] = node_cost(retrain.kind, retrain.training(),
+                                               None if None in rows else sum(rows), dense_compute)
     train = recipe.routing["train"]
-    if train is not None and "router" in wanted:
-        merged = family.moe_config(dense, num_experts=len(recipe.experts) + 1, top_k=resolved_top_k(recipe))
-        costs["router"] = node_cost("sft", train["training"], _router_rows(recipe, train["fraction"]),
-                                    compute_parameters(merged))
+    merged = family.moe_config(dense, num_experts=len(recipe.experts) + 1, top_k=resolved_top_k(recipe))
+    for router in ("router", "btx.router"):
+        if train is not None and router in wanted:
+            costs[router] = node_cost("sft", train["training"], _router_rows(recipe, train["fraction"]),
+                                      compute_parameters(merged))
     return costs
 
 

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol
 
+from barctl.baselines import ALL_TRAINABLE, RetrainStage, btx_stage_id, retrain_stages
 from barctl.recipe import Recipe, Stage
 
 # Bump a kind's version whenever its runner's output changes for the same config:
@@ -25,6 +26,7 @@ KIND_VERSIONS = {
     "dpo": 3,
     "grpo": 3,
     "merge": 1,
+    "btx_merge": 1,
     "router": 1,
     "eval": 2,
     "gates": 1,
@@ -145,7 +147,7 @@ def build_graph(recipe: Recipe, fingerprints: "Fingerprints") -> Graph:
         for stage in expert.stages:
             head = b.add(
                 f"{prefix}.{stage.name}", stage.kind, stage_config(stage), [head],
-                {name: fingerprints.dataset(recipe.datasets[name]) for name in stage_datasets(stage)},
+                _data(recipe, fingerprints, stage_datasets(stage)),
             )
         expert_heads.append(head)
 
@@ -155,9 +157,10 @@ def build_graph(recipe: Recipe, fingerprints: "Fingerprints") -> Graph:
          "top_k": resolved_top_k(recipe), "architecture": recipe.output["architecture"]},
         [base, *expert_heads],
     )
-    router = b.add("router", "router", router_config(recipe),
-                   [merge, base] if recipe.routing["init"] in ("embedding", "prompts") else [merge])
-    evaluations = _add_evals(b, recipe, fingerprints, base, dict(zip((e.name for e in recipe.experts), expert_heads)), merge, router)
+    router = b.add("router", "router", router_config(recipe), _router_inputs(recipe, merge, base))
+    baselines = _add_baselines(b, recipe, fingerprints, base)
+    evaluations = _add_evals(b, recipe, fingerprints, base, dict(zip((e.name for e in recipe.experts), expert_heads)),
+                             merge, router, baselines)
     if recipe.gates:
         evaluations = [b.add("gates", "gates", {"gates": [dict(g) for g in recipe.gates]}, evaluations)]
     output = recipe.output
@@ -168,6 +171,49 @@ def build_graph(recipe: Recipe, fingerprints: "Fingerprints") -> Graph:
         [merge, router, *evaluations],
     )
     return Graph(b.nodes)
+
+
+def _router_inputs(recipe: Recipe, merge: str, base: str) -> list[str]:
+    """The merged model first; the anchor too when the router's init reads its hidden states."""
+    return [merge, base] if recipe.routing["init"] in ("embedding", "prompts") else [merge]
+
+
+def _add_baselines(b: "_Builder", recipe: Recipe, fingerprints: "Fingerprints", base: str) -> dict[str, list[str]]:
+    """The nodes of the declared baselines (barctl.baselines); baseline -> the inputs of its evaluation."""
+    evaluated = {}
+    if "btx" in recipe.baselines:
+        heads = []
+        for expert in recipe.experts:
+            head = base
+            for stage in expert.stages:
+                head = b.add(btx_stage_id(expert.name, stage.name), stage.kind,
+                             {**stage_config(stage), "trainable": list(ALL_TRAINABLE), "dense": True}, [head],
+                             _data(recipe, fingerprints, stage_datasets(stage)))
+            heads.append(head)
+        merge = b.add("btx.merge", "btx_merge",
+                      {"experts": [e.name for e in recipe.experts], "top_k": resolved_top_k(recipe),
+                       "architecture": recipe.output["architecture"], "seed": recipe.seed},
+                      [base, *heads])
+        evaluated["btx"] = [merge, b.add("btx.router", "router", router_config(recipe),
+                                         _router_inputs(recipe, merge, base))]
+    if "retrain" in recipe.baselines:
+        head = base
+        for stage in retrain_stages(recipe):
+            config = retrain_config(stage)
+            names = sorted({s["dataset"] for mix in config["mixes"].values() for s in mix["sources"]})
+            head = b.add(stage.node_id, stage.kind, config, [head], _data(recipe, fingerprints, names))
+        evaluated["retrain"] = [head]
+    return evaluated
+
+
+def retrain_config(stage: RetrainStage) -> dict[str, Any]:
+    """What a retrain stage computes: every expert's mix of its kind (by `<expert>.<stage>`), concatenated."""
+    return {"kind": stage.kind, "mixes": {f"{e}.{s.name}": s.mix for e, s in stage.parts if s.mix is not None},
+            "trainable": list(ALL_TRAINABLE), "training": stage.training(), "rewards": stage.rewards(), "dense": True}
+
+
+def _data(recipe: Recipe, fingerprints: "Fingerprints", names: list[str]) -> dict[str, Any]:
+    return {name: fingerprints.dataset(recipe.datasets[name]) for name in names}
 
 
 def router_config(recipe: Recipe) -> dict[str, Any]:
@@ -185,8 +231,9 @@ def router_config(recipe: Recipe) -> dict[str, Any]:
 
 
 def _add_evals(b: "_Builder", recipe: Recipe, fingerprints: "Fingerprints", base: str,
-               expert_heads: dict[str, str], merge: str, router: str) -> list[str]:
-    """One eval node per evaluated model (the anchor, each expert's last stage, the merged model)."""
+               expert_heads: dict[str, str], merge: str, router: str, baselines: dict[str, list[str]]) -> list[str]:
+    """One eval node per evaluated model (the anchor, each expert's last stage, the merged model); the gates'
+    inputs. The baselines' evaluations are left out of those: gates judge BAR's models."""
     if not recipe.evals:
         return []
     domains = recipe.evals["domains"]
@@ -198,6 +245,9 @@ def _add_evals(b: "_Builder", recipe: Recipe, fingerprints: "Fingerprints", base
     nodes = []
     for node_id, model in evaluated_models(recipe):
         config: dict[str, Any] = {"model": model, "domains": domains}
+        if model in baselines:
+            b.add(node_id, "eval", config, baselines[model], data(config["domains"]))
+            continue
         if model == "anchor":
             inputs = [base]
         elif model == "merged":
@@ -220,6 +270,8 @@ def evaluated_models(recipe: Recipe) -> list[tuple[str, str]]:
         pairs += [(f"eval.experts.{e.name}", f"experts.{e.name}") for e in recipe.experts]
     if "merged" in models:
         pairs.append(("eval.merged", "merged"))
+    if recipe.evals:
+        pairs += [(f"eval.{name}", name) for name in recipe.baselines]
     return pairs
 
 

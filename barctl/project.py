@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from barctl.cost import plan_costs, total
+from barctl.cost import dense_parameters, plan_costs, total
 from barctl.errors import ManifestError
 from barctl.graph import Graph, build_graph
 from barctl.lock import Lockfile
@@ -78,7 +78,8 @@ class Project:
         return plan
 
     def trainable_counts(self) -> dict[str, int]:
-        """Trainable parameters of every stage node (and of router training), from the anchor's config alone."""
+        """Trainable parameters of every stage node (and of router training), the baselines' too, from the anchor's
+        config alone."""
         from barctl.graph import resolved_top_k
         from barctl.model.families import family_for
         from barctl.model.freezing import trainable_parameter_count
@@ -89,9 +90,12 @@ class Project:
         dense = describe(recipe.resolve_source(recipe.anchor))
         family = family_for(dense, recipe.output["architecture"])
         branched = family.moe_config(dense, num_experts=2, top_k=2)
-        counts = {node.id: trainable_parameter_count(branched, node.config["trainable"])
+        counts = {node.id: dense_parameters(branched)[0] if node.config.get("dense")
+                  else trainable_parameter_count(branched, node.config["trainable"])
                   for node in self.graph if node.kind in STAGE_KINDS}
         if recipe.routing["train"] is not None:
             merged = family.moe_config(dense, num_experts=len(recipe.experts) + 1, top_k=resolved_top_k(recipe))
             counts["router"] = trainable_parameter_count(merged, ["router"], freeze_anchor_row=False)
+            if "btx.router" in self.graph:
+                counts["btx.router"] = counts["router"]
         return counts

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from barctl.baselines import BASELINES
+
 AVERAGE = "average"
 
 
@@ -14,11 +16,11 @@ def _eval_entries(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
 
 def eval_scores(entries: dict[str, dict[str, Any]], experts: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Model -> domain -> score, plus the domains' average; with `experts` (slot order), in the order of
-    BAR's table: the anchor, the experts, the merged model."""
+    BAR's table: the anchor, the experts, the merged model, the baselines (btx, retrain)."""
     scores = {}
     evaluated = _eval_entries(entries)
     if experts is not None:
-        order = ["anchor", *(f"experts.{name}" for name in experts), "merged"]
+        order = ["anchor", *(f"experts.{name}" for name in experts), "merged", *BASELINES]
         evaluated = {model: evaluated[model] for model in order if model in evaluated}
     every_domain = _every_domain(evaluated)
     for model, metrics in evaluated.items():

@@ -88,6 +88,14 @@ def build_mix(mix: dict, datasets_by_name: dict[str, datasets.Dataset]) -> datas
     return datasets.concatenate_datasets(_aligned(parts)).shuffle(seed=seed)
 
 
+def concatenate_mixes(mixes: list[datasets.Dataset], seed: int) -> datasets.Dataset:
+    """Drawn mixes (as `build_mix` returns them) as one dataset, shuffled; columns aligned as within a mix."""
+    if not mixes:
+        raise BarctlError("no mixes to concatenate")
+    parts = [(f"mix {index}", mix) for index, mix in enumerate(mixes)]
+    return datasets.concatenate_datasets(_aligned(parts)).shuffle(seed=seed)
+
+
 def _draw(available: int, rows: int, generator: np.random.Generator) -> np.ndarray:
     passes = (rows + available - 1) // available
     return np.concatenate([generator.permutation(available) for _ in range(passes)])[:rows]

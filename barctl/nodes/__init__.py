@@ -18,6 +18,7 @@ RUNNERS = {
     "base": "barctl.nodes.base",
     "branch": "barctl.nodes.branch",
     "merge": "barctl.nodes.merge",
+    "btx_merge": "barctl.nodes.btx_merge",
     "router": "barctl.nodes.router",
     "eval": "barctl.nodes.eval",
     "gates": "barctl.nodes.gates",
@@ -39,6 +40,11 @@ class NodeContext:
     @property
     def config(self) -> dict[str, Any]:
         return self.node.config
+
+
+def model_dir(ctx: NodeContext, node_id: str) -> Path:
+    """The model directory of input `node_id`: the anchor's for `base`, else the node's artifact."""
+    return ctx.inputs["base"] / "anchor" if node_id == "base" else ctx.inputs[node_id]
 
 
 def has_runner(kind: str) -> bool:

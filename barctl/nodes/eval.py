@@ -1,4 +1,4 @@
-"""`eval.<model>`: one model (the anchor, an expert, the merged MoE) scored on every declared domain.
+"""`eval.<model>`: one model (the anchor, an expert, the merged MoE, a baseline) scored on every declared domain.
 
 The artifact's `results.json` keeps everything (sample completions, per-row results, per-layer
 routing); the lock gets the scores and the average with their 95% intervals, and the merged
@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from barctl.nodes import NodeContext
+from barctl.nodes import NodeContext, model_dir
 from barctl.results import average
 
 
@@ -74,17 +74,14 @@ def load_model(ctx: NodeContext):
 
     from barctl.stages.common import load_model as load_checkpoint
 
-    model_name = ctx.config["model"]
-    if model_name == "anchor":
-        model, tokenizer = load_checkpoint(ctx.inputs["base"] / "anchor")
-    elif model_name == "merged":
+    if ctx.config["model"] in ("merged", "btx"):  # inputs: the merge, then the router
         from barctl.model.router import load_router
         from barctl.nodes.router import ROUTER_FILE
 
-        model, tokenizer = load_checkpoint(ctx.inputs["merge"])
-        load_router(model, ctx.inputs["router"] / ROUTER_FILE)
-    else:
         model, tokenizer = load_checkpoint(ctx.inputs[ctx.node.inputs[0]])
+        load_router(model, ctx.inputs[ctx.node.inputs[1]] / ROUTER_FILE)
+    else:
+        model, tokenizer = load_checkpoint(model_dir(ctx, ctx.node.inputs[0]))
     if torch.cuda.is_available():
         model = model.to("cuda")
     return model.eval(), tokenizer

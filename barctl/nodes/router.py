@@ -1,4 +1,4 @@
-"""`router`: the merged model's router weights, initialised and, when declared, trained.
+"""`router` (and `btx.router`): the merged model's router weights, initialised and, when declared, trained.
 
 The artifact holds `router.safetensors` (the router the export uses) and, when the router
 was trained, `router-init.safetensors` (where training started).
@@ -44,7 +44,7 @@ def run(ctx: NodeContext) -> dict[str, Any]:
 def initialise(ctx: NodeContext, out_file: Path) -> None:
     from barctl.model.router import extract_router, hidden_state_router, random_router
 
-    merged, init = ctx.inputs["merge"], ctx.config["init"]
+    merged, init = ctx.inputs[ctx.node.inputs[0]], ctx.config["init"]
     if init == "random":
         random_router(merged, out_file, ctx.config["seed"])
     elif init == "experts":
@@ -80,7 +80,7 @@ def train_router(ctx: NodeContext, init_file: Path, out_file: Path) -> dict[str,
     from barctl.stages import common, router
 
     datasets.disable_progress_bars()
-    train, merged = ctx.config["train"], ctx.inputs["merge"]
+    train, merged = ctx.config["train"], ctx.inputs[ctx.node.inputs[0]]
     model, tokenizer = common.load_model(merged)
     load_router(model, init_file)
     counts = apply_trainable(model, ["router"], freeze_anchor_row=False)

@@ -2,6 +2,9 @@
 
 The trained checkpoint is saved in the input checkpoint's dtype, then its anchor slot is
 compared bitwise with the input's, read back from both directories; a difference fails the stage.
+
+The baselines' stages (`btx.experts.<name>.<stage>`, `retrain.<kind>`; config `dense: true`) train
+a dense model, every parameter, in this process; a retrain stage reads several mixes (`mixes`).
 """
 
 from __future__ import annotations
@@ -10,13 +13,15 @@ import importlib
 import time
 from typing import Any, Sequence
 
-from barctl.nodes import NodeContext
+from barctl.nodes import NodeContext, model_dir
 
 
 def run(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train in this process, or through `accelerate launch` when the stage declares it."""
     from barctl.launch import run_with_accelerate, stage_launcher
 
+    if ctx.config.get("dense"):
+        return train_stage(ctx, callbacks)
     launcher = stage_launcher(ctx.recipe, ctx.node.id)
     if launcher["kind"] == "accelerate":
         return run_with_accelerate(ctx, launcher)
@@ -25,29 +30,34 @@ def run(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
 def train_stage(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train, save to `ctx.out`, verify the anchor slot. `callbacks`: extra TrainerCallbacks."""
-    import datasets
-
     from barctl.model.checkpoint import CheckpointReader
     from barctl.model.freezing import AnchorGuard, apply_trainable, check_anchor_slot, tied_note
     from barctl.stages import common
 
-    datasets.disable_progress_bars()  # barctl reports progress itself
     config = ctx.config
+    dense = bool(config.get("dense"))
     kind = importlib.import_module(f"barctl.stages.{config['kind']}")
-    input_dir = ctx.inputs[ctx.node.inputs[0]]
+    input_dir = model_dir(ctx, ctx.node.inputs[0])
     model, tokenizer = common.load_model(input_dir)
-    note = tied_note(model.config.to_dict(), config["trainable"])
-    if note:
-        ctx.say(note)
-    counts = apply_trainable(model, config["trainable"])
+    if dense:
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        counts = {"all": sum(p.numel() for p in model.parameters())}
+    else:
+        note = tied_note(model.config.to_dict(), config["trainable"])
+        if note:
+            ctx.say(note)
+        counts = apply_trainable(model, config["trainable"])
     if common.on_cpu() and config["training"].get("precision", "fp32") != "fp32":
         ctx.say("no GPU: training in fp32 on the CPU")
-    dataset = common.stage_dataset(ctx.recipe, config["mix"])
+    dataset = common.union_dataset(ctx.recipe, list(config["mixes"].values()), config["training"]["seed"]) \
+        if "mixes" in config else common.stage_dataset(ctx.recipe, config["mix"])
     if config["kind"] == "grpo":  # a reward's judge model, at its absolute path
         config = {**config, "rewards": [{**r, "judge": ctx.recipe.resolve_judge(r)} for r in config["rewards"]]}
     output_dir = common.prepare_work(ctx.work, ctx.node.key, ctx.say)
     trainer = kind.build_trainer(config, model, tokenizer, dataset, output_dir)
-    for callback in (common.RestoreAnchor(AnchorGuard(model)), common.Progress(ctx.say, kind.METRIC), *callbacks):
+    guard = () if dense else (common.RestoreAnchor(AnchorGuard(model)),)
+    for callback in (*guard, common.Progress(ctx.say, kind.METRIC, ctx.note), *callbacks):
         trainer.add_callback(callback)
 
     started = time.monotonic()
@@ -66,7 +76,8 @@ def train_stage(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, An
         else:
             trained.save_pretrained(ctx.out, state_dict={name: t.to(dtype) for name, t in weights.items()})
         tokenizer.save_pretrained(ctx.out)
-        check_anchor_slot(ctx.out, input_dir)
+        if not dense:
+            check_anchor_slot(ctx.out, input_dir)
         common.clear(ctx.work)
 
     state = trainer.state

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
 
 from barctl.data.load import load_dataset_spec
-from barctl.data.mix import build_mix
+from barctl.data.mix import build_mix, concatenate_mixes
 from barctl.errors import BarctlError
 from barctl.logs import duration
 from barctl.model.checkpoint import CheckpointReader
@@ -68,6 +68,11 @@ def stage_dataset(recipe: Recipe, mix: dict[str, Any]) -> datasets.Dataset:
     for name in dict.fromkeys(source["dataset"] for source in mix["sources"]):
         loaded[name] = load_dataset_spec(recipe.dataset_spec(name))
     return build_mix(mix, loaded)
+
+
+def union_dataset(recipe: Recipe, mixes: list[dict[str, Any]], seed: int) -> datasets.Dataset:
+    """Every mix drawn as its own stage draws it, concatenated and shuffled (a retrain stage's rows)."""
+    return concatenate_mixes([stage_dataset(recipe, mix) for mix in mixes], seed)
 
 
 def trl_config(config_cls: type, training: dict[str, Any], output_dir: Path,
