@@ -97,8 +97,10 @@ def node_key(kind: str, config: dict, input_keys: dict[str, str], data: dict) ->
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-# Where training metrics are sent (a stage's, router training's) does not change what is computed.
-_UNKEYED = (("training", "report_to"), ("train", "training", "report_to"))
+# Where training metrics are sent (a stage's, router training's) does not change what is computed, nor does
+# the MoE kernel: transformers' experts implementations compute the same sums, in another order.
+_UNKEYED = tuple((*parents, field) for field in ("report_to", "experts_implementation")
+                 for parents in (("training",), ("train", "training")))
 
 
 def _keyed(config: dict) -> dict:
@@ -245,6 +247,8 @@ def _add_evals(b: "_Builder", recipe: Recipe, fingerprints: "Fingerprints", base
     nodes = []
     for node_id, model in evaluated_models(recipe):
         config: dict[str, Any] = {"model": model, "domains": domains}
+        if recipe.evals["precision"] != "fp32":  # fp32 evaluations keep the keys they had before the setting
+            config["precision"] = recipe.evals["precision"]
         if model in baselines:
             b.add(node_id, "eval", config, baselines[model], data(config["domains"]))
             continue

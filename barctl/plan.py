@@ -45,6 +45,7 @@ class Plan:
     trainable: dict[str, int] = field(default_factory=dict)  # stage node -> trainable parameters
     costs: dict[str, dict[str, Any]] = field(default_factory=dict)  # training node -> tokens, FLOPs (barctl.cost)
     cost_total: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> estimated peak bytes (barctl.memory)
     format: int = PLAN_FORMAT
 
     @property

@@ -12,6 +12,7 @@ from barctl.cost import dense_parameters, plan_costs, total
 from barctl.errors import ManifestError
 from barctl.graph import Graph, build_graph
 from barctl.lock import Lockfile
+from barctl.memory import memory_warnings, plan_memory, visible_memory
 from barctl.plan import Plan, make_plan
 from barctl.recipe import Recipe, load_recipe
 from barctl.store import Store
@@ -74,6 +75,9 @@ class Project:
         plan.trainable = {a.node_id: counts[a.node_id] for a in plan.to_run if a.node_id in counts}
         plan.costs = plan_costs(self.recipe, [a.node_id for a in plan.to_run])
         plan.cost_total = total(plan.costs)
+        visible = visible_memory()
+        plan.memory = plan_memory(self.recipe, [a.node_id for a in plan.to_run], visible)
+        self.warnings += [w for w in memory_warnings(self.recipe, plan.memory, visible) if w not in self.warnings]
         self.store.save_cache()
         return plan
 

@@ -624,7 +624,7 @@ def _build_evals(evals: dict | None) -> dict[str, Any]:
     }
     return {"models": list(evals.get("models", EVAL_MODELS)), "domains": domains,
             "expert_domains": evals.get("expert_domains", "all"),
-            "routing_report": evals.get("routing_report", True)}
+            "routing_report": evals.get("routing_report", True), "precision": evals.get("precision", "fp32")}
 
 
 def _build_gate(gate: dict, data: dict) -> dict[str, Any]:

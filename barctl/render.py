@@ -38,6 +38,8 @@ def print_plan(console: Console, plan: Plan, title: str) -> None:
             console.print(f"        [dim]# trains {plan.trainable[action.node_id]:,} parameters[/]")
         if action.node_id in plan.costs:
             console.print(f"        [dim]# {cost_text(plan.costs[action.node_id])}[/]")
+        if action.node_id in plan.memory:
+            console.print(f"        [dim]# {memory_text(plan.memory[action.node_id])}[/]")
     kept = len(plan.actions) - len(changes)
     console.print()
     console.print(summary_line("Plan", plan.counts()) + (f" ({kept} unchanged)" if kept else ""))
@@ -52,6 +54,14 @@ def cost_text(cost: dict[str, Any]) -> str:
                 f"{cost['compute_parameters']:,} active parameters per token")
     return (f"at most {cost['tokens']:,} tokens, {cost['flops']:.3g} FLOPs "
             f"(6 x {cost['compute_parameters']:,} active parameters per token x tokens)")
+
+
+def memory_text(estimate: dict[str, Any]) -> str:
+    """A node's estimated peak memory and its parts (barctl.memory)."""
+    from barctl.memory import GIB, breakdown
+
+    who = "per process" if estimate["per"] == "process" else "in all"
+    return f"peak memory about {estimate['total'] / GIB:.1f} GiB {who} ({breakdown(estimate)})"
 
 
 def total_cost_line(cost_total: dict[str, Any]) -> str:
