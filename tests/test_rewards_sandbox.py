@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import resource
 import socket
+import stat
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -71,10 +77,8 @@ def test_signals_to_itself_end_the_program(mode):
 
 
 def test_infinite_loop_times_out():
-    start = time.monotonic()
     result = run_python("while True:\n    pass", timeout_s=1)
-    assert result.timed_out and not result.ok and "timed out" in result.reason
-    assert time.monotonic() - start < 3
+    assert result.timed_out and not result.ok and result.reason == "timed out after 1s"
     assert sandbox_processes() == []
 
 
@@ -92,10 +96,8 @@ def test_infinite_loop_scores_zero():
     ],
 )
 def test_fork_bomb_is_contained(mode, bomb):
-    start = time.monotonic()
     result = run_python(bomb, timeout_s=1)
     assert not result.ok
-    assert time.monotonic() - start < 3
     assert "Operation not permitted" in result.stderr or result.timed_out
     assert sandbox_processes() == []
 
@@ -110,8 +112,17 @@ def test_memory_bomb_fails(mode):
     assert not result.ok and "MemoryError" in result.stderr
 
 
+@pytest.fixture
+def writable_dir():
+    """A directory anyone may write to (the sandbox's user may be nobody), so only the mounts stop a write."""
+    with tempfile.TemporaryDirectory() as name:
+        os.chmod(name, 0o777)
+        yield Path(name)
+
+
 @needs_namespaces
-def test_writing_outside_its_directory_fails(tmp_path):
+def test_writing_outside_its_directory_fails(writable_dir):
+    tmp_path = writable_dir  # so only the read-only mounts stop the write
     target = tmp_path / "pwned"
     code = f"open({str(target)!r}, 'w').write('x')\n"
     result = run_python(code)
@@ -122,7 +133,8 @@ def test_writing_outside_its_directory_fails(tmp_path):
 
 
 @needs_namespaces
-def test_cannot_undo_the_read_only_mounts(tmp_path):
+def test_cannot_undo_the_read_only_mounts(writable_dir):
+    tmp_path = writable_dir
     code = (
         "import ctypes\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -150,9 +162,59 @@ def test_socket_to_a_local_listener_fails(mode):
 @pytest.mark.parametrize("stream", ["stdout", "stderr"])
 def test_huge_output_is_capped(mode, stream):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.monotonic()
     result = run_python(f"import sys\nwhile True:\n    sys.{stream}.write('x' * 1_000_000)", max_output_bytes=4096)
     assert not result.ok and result.reason == "output exceeded 4096 bytes"
     assert len(getattr(result, stream)) == 4096
-    assert time.monotonic() - start < 3
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
+
+
+def _root_only_file() -> str:
+    """A file only root may read (barctl as root must not let model code read it)."""
+    secret = "/etc/shadow"
+    if not os.path.exists(secret) or os.stat(secret).st_mode & stat.S_IROTH:
+        pytest.skip(f"no root-only {secret} here")
+    return secret
+
+
+def test_root_only_files_stay_unreadable(mode):
+    secret = _root_only_file()
+    if mode != "namespaces" and os.geteuid() == 0 and not sandbox._unprivileged_works():
+        pytest.skip("root here cannot make a mount namespace: best_effort warns that the code runs as root")
+    result = run_python(f"import os\nprint(os.getuid(), os.getgroups())\nprint(open({secret!r}).read())")
+    assert not result.ok and "PermissionError: [Errno 13] Permission denied" in result.stderr
+    if os.geteuid() == 0 and mode != "namespaces":  # no user namespace: the id is nobody's own
+        assert result.stdout == "65534 []\n"
+    assert run_python("import json, sqlite3\nprint(json.dumps([1]))").stdout == "[1]\n"  # the stdlib still loads
+
+
+def test_best_effort_as_root_without_a_mount_namespace_warns_that_the_code_runs_as_root(monkeypatch):
+    monkeypatch.setattr(sandbox, "namespaces_available", lambda: False)
+    monkeypatch.setattr(sandbox, "_is_root", lambda: True)
+    monkeypatch.setattr(sandbox, "_unprivileged_works", lambda: False)
+    monkeypatch.setenv(sandbox.UNISOLATED_ENV, "1")
+    with pytest.warns(RuntimeWarning, match="as root: it can read every file"):
+        assert run_python("print(1)").stdout == "1\n"
+
+
+def test_the_unprivileged_stage_fails_closed(tmp_path):
+    """If it cannot drop root (or, not root, cannot drop at all), the command never runs."""
+    marker = tmp_path / "ran"
+    child = Path(sandbox.__file__).with_name("sandbox_child.py")
+    done = subprocess.run([sys.executable, "-I", str(child), "--as-nobody", str(tmp_path / "missing"), sys.prefix, "--",
+                           "touch", str(marker)], capture_output=True, text=True)
+    assert done.returncode == 125 and "cannot run the code as an unprivileged user" in done.stderr
+    assert not marker.exists()
+
+
+def test_closed_directories_are_found_and_nested_paths_merged(writable_dir):
+    tmp_path = writable_dir  # under /tmp, which anyone may enter
+    spec = importlib.util.spec_from_file_location("sandbox_child", Path(sandbox.__file__).with_name("sandbox_child.py"))
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    closed = tmp_path / "home"
+    (closed / "py" / "bin").mkdir(parents=True)
+    closed.chmod(0o700)
+    assert stage._closed_ancestor(str(closed / "py" / "bin" / "python")) == str(closed)
+    assert stage._closed_ancestor(str(tmp_path / "x")) is None
+    assert stage._outermost([str(closed / "py" / "bin"), str(closed / "py"), str(tmp_path / "b")]) == [
+        str(tmp_path / "b"), str(closed / "py")]

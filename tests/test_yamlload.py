@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -212,9 +211,7 @@ MERGE_LAUGHS = "a: &a {}\n" + "".join(
 
 @pytest.mark.parametrize("text", [BILLION_LAUGHS, MERGE_LAUGHS], ids=["aliases", "merges"])
 def test_alias_expansion_is_bounded(text: str) -> None:
-    start = time.monotonic()
     issue = single_issue(text)
-    assert time.monotonic() - start < 5
     assert "alias expansion too large" in issue.message
 
 

@@ -6,7 +6,9 @@ Layers, outermost first:
   ``python -I`` (isolated mode) and an environment of PATH, LANG and HOME only;
 - resource limits the child sets itself before the code runs (no ``preexec_fn``, which
   is unsafe in a threaded caller): address space (``memory_mb``), CPU time, file size,
-  open files, processes, no core dumps;
+  open files, no core dumps;
+- when barctl runs as root, the code runs as the unprivileged user nobody
+  (``sandbox_child.py --as-nobody``), so root-only files such as /etc/shadow stay unreadable;
 - its own session, so on timeout or excess output the whole process group is killed;
 - a watchdog (the child's first process) that kills the code at its own deadline and
   as soon as barctl goes away (its stdin pipe from barctl reaches end of file), so model
@@ -19,18 +21,19 @@ Layers, outermost first:
 - a seccomp filter installed before the code runs denies new processes, sockets,
   mount and namespace changes, ptrace, io_uring and memfd_create (anonymous memory
   outside the address-space limit) (``sandbox_child.py``). It is the
-  barrier to fork bombs because Linux ignores RLIMIT_NPROC (also set, to 0) for the
-  real root user, and it denies socket(2) itself, which no in-process patch of the
-  ``socket`` module could.
+  barrier to fork bombs (threads stay allowed, bounded by the address-space limit;
+  RLIMIT_NPROC would count every process of the user, so it is not used), and it
+  denies socket(2) itself, which no in-process patch of the ``socket`` module could.
 
 Without user namespaces the filesystem is NOT isolated, so the sandbox refuses to run
 unless the manifest allows it (``sandbox: {isolation: best_effort}``, which apply passes
 on as BARCTL_SANDBOX_UNISOLATED=1) and warns every run: the code can write wherever
-the calling user can (file size is still bounded), and, when that user is root, it
-can also signal other processes. The seccomp filter still blocks processes and
-sockets.
+its user can (file size is still bounded). As root that user is still nobody where a
+mount namespace can be made; where not, the code runs as root, can read every file
+and signal other processes, and the warning says so. The seccomp filter still blocks
+processes and sockets.
 
-Reading files is not restricted beyond the calling user's permissions; with no
+Reading files is not restricted beyond its user's permissions; with no
 network and no processes, the only way out is the captured output. Output beyond
 ``max_output_bytes`` (stdout and stderr together) is not kept: reading stops and the
 process is killed.
@@ -59,7 +62,8 @@ _CHILD = Path(__file__).with_name("sandbox_child.py")
 # that runs model code (stage workers too).
 UNISOLATED_ENV = "BARCTL_SANDBOX_UNISOLATED"
 UNISOLATED = ("the code sandbox cannot isolate model-written code here: user namespaces are unavailable "
-              "(`unshare --user` fails, as in many containers). Run where they work, or accept running it "
+              "(`unshare --user` fails, as in many containers), or barctl runs as root and cannot run the code as "
+              "the unprivileged user nobody (see sandbox_child.py). Run where both work, or accept running it "
               "without filesystem isolation with `sandbox: {isolation: best_effort}` in the manifest")
 _CHUNK = 65536
 # The watchdog's deadline trails the supervisor's: it is the backstop for a caller that died.
@@ -82,46 +86,65 @@ def run_python(
     code: str, *, timeout_s: float = 5, memory_mb: int = 512, max_output_bytes: int = 65536
 ) -> SandboxResult:
     """Run ``code`` as a script in the sandbox; ok when it exits 0 within every limit."""
-    return _run(code, _use_namespaces(), timeout_s, memory_mb, max_output_bytes)
+    return _run(code, *_mode(), timeout_s, memory_mb, max_output_bytes)
 
 
 @functools.cache
 def namespaces_available() -> bool:
-    """Whether ``unshare`` can give the sandbox its own user, mount, PID and network namespaces."""
-    return shutil.which("unshare") is not None and _run("", True, 30, 512, _CHUNK).ok
+    """Whether ``unshare`` can give the sandbox its own user, mount, PID and network namespaces
+    (as root: owned by an unprivileged user, see ``sandbox_child.py``)."""
+    return shutil.which("unshare") is not None and _run("", True, _is_root(), 30, 512, _CHUNK).ok
 
 
-def _use_namespaces() -> bool:
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+@functools.cache
+def _unprivileged_works() -> bool:
+    return _run("", False, True, 30, 512, _CHUNK).ok
+
+
+def _mode() -> tuple[bool, bool]:
+    """(namespaces, as nobody) for the next run; refuses, or warns, where isolation is missing."""
     if namespaces_available():
-        return True
+        return True, _is_root()
     if os.environ.get(UNISOLATED_ENV) != "1":
         raise BarctlError(UNISOLATED)
+    nobody = _is_root() and _unprivileged_works()
+    who = ("as root: it can read every file and signal other processes" if _is_root() and not nobody
+           else "as the unprivileged user nobody" if nobody else "as the calling user")
     warnings.warn("model-written code runs WITHOUT filesystem isolation (no user namespaces here; the "
-                  "manifest allows it with sandbox.isolation: best_effort): only the limits and the seccomp "
-                  "filter hold it", RuntimeWarning, stacklevel=2)
-    probe = _run("", False, 30, 512, _CHUNK)
+                  f"manifest allows it with sandbox.isolation: best_effort), {who}: only the limits and the "
+                  "seccomp filter hold it", RuntimeWarning, stacklevel=3)
+    probe = _run("", False, nobody, 30, 512, _CHUNK)
     if not probe.ok:
         raise BarctlError(f"cannot start the code sandbox: {probe.reason}: {probe.stderr.strip()}")
-    return False
+    return False, nobody
 
 
-def _command(workdir: str, namespaces: bool, memory_mb: int, timeout_s: float) -> list[str]:
-    python = [sys.executable, "-I", str(_CHILD), workdir, "1" if namespaces else "0", str(memory_mb),
-              str(math.ceil(timeout_s) + 1), str(timeout_s + _WATCHDOG_GRACE_S)]
-    if not namespaces:
-        return python
-    # --kill-child: when unshare dies, so does the PID namespace with everything in it
-    unshare = ["unshare", "--map-root-user", "--mount", "--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
-    return unshare + ["--"] + python
+def _command(workdir: str, namespaces: bool, nobody: bool, memory_mb: int, timeout_s: float) -> list[str]:
+    command = [sys.executable, "-I", str(_CHILD), workdir, "1" if namespaces else "0", str(memory_mb),
+               str(math.ceil(timeout_s) + 1), str(timeout_s + _WATCHDOG_GRACE_S)]
+    if namespaces:
+        # --kill-child: when unshare dies, so does the PID namespace with everything in it
+        command = ["unshare", "--map-root-user", "--mount", "--net", "--pid", "--fork", "--mount-proc",
+                   "--kill-child", "--", *command]
+    if nobody:
+        reached = [sys.prefix, sys.base_prefix, os.path.dirname(sys.executable), os.path.realpath(sys.executable),
+                   str(_CHILD)]
+        command = [sys.executable, "-I", str(_CHILD), "--as-nobody", workdir, *reached, "--", *command]
+    return command
 
 
-def _run(code: str, namespaces: bool, timeout_s: float, memory_mb: int, max_output_bytes: int) -> SandboxResult:
+def _run(code: str, namespaces: bool, nobody: bool, timeout_s: float, memory_mb: int,
+         max_output_bytes: int) -> SandboxResult:
     workdir = os.path.realpath(tempfile.mkdtemp(prefix="barctl-sandbox-"))
     try:
         Path(workdir, "main.py").write_text(code, encoding="utf-8")
         env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": os.environ.get("LANG", "C.UTF-8"), "HOME": workdir}
         proc = subprocess.Popen(
-            _command(workdir, namespaces, memory_mb, timeout_s),
+            _command(workdir, namespaces, nobody, memory_mb, timeout_s),
             cwd=workdir,
             env=env,
             stdin=subprocess.PIPE,  # never written: its end of file tells the watchdog barctl is gone

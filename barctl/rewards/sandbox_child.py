@@ -7,8 +7,21 @@ holds the code.
 The process forks at once and stays behind as a watchdog: it kills the code when
 DEADLINE_S have passed or when its stdin (a pipe from barctl) reaches end of file,
 which happens as soon as barctl is gone, however it ended. The code's process sets its
-own resource limits (address space, CPU time, file size, open files, processes, core
-dumps) before anything else.
+own resource limits (address space, CPU time, file size, open files, core dumps) before
+anything else.
+
+When barctl runs as root, ``sandbox.py`` first runs ``python -I sandbox_child.py
+--as-nobody WORKDIR PATH... -- COMMAND...``, which drops to nobody (uid and gid 65534,
+no supplementary groups) and execs COMMAND (``unshare ...`` and the run above). A user
+namespace made by root would map the code's user to root outside, which reads
+/etc/shadow and every other root-only file; made by nobody, root's files are not mapped
+into it. nobody cannot reach an interpreter installed under a directory only root may
+enter (``/root``, mode 700, holds pyenv's), and pyenv's python finds its libpython by
+an absolute path. So first, in a new private mount namespace, a tmpfs (mode 755) covers
+each such directory, with every PATH below it bind-mounted back at its own path: the
+interpreter, its libraries and this script keep their paths, nothing else of that
+directory is visible, and the host's mounts are untouched. Any failure exits with
+SETUP_FAILED before COMMAND runs: model code never runs as root by this path.
 
 With CONFINE_FS=1 the process is root of fresh user, mount, PID and network
 namespaces (made by ``unshare``), and the watchdog is the namespace's PID 1: when it
@@ -31,8 +44,10 @@ import resource
 import runpy
 import select
 import signal
+import stat
 import struct
 import sys
+import tempfile
 import time
 
 SETUP_FAILED = 125  # exit status when confinement fails; the model's code never ran
@@ -40,7 +55,10 @@ KILLED = 128 + signal.SIGKILL  # the watchdog's exit status when it killed the c
 WORKDIR_MB = 64
 OPEN_FILES = 64
 
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_MOVE = 1, 2, 4, 8, 32, 4096, 8192
+MS_REC, MS_PRIVATE = 16384, 1 << 18
+CLONE_NEWNS = 0x20000
+NOBODY = 65534
 
 # audit arch, then syscall numbers: denied with EPERM, clone3 (ENOSYS), clone (EPERM unless a thread)
 _SYSCALLS = {
@@ -96,6 +114,55 @@ def confine_filesystem(workdir):
             # noexec cannot be dropped from an inherited mount; the atime mode is kept by default
             noexec = MS_NOEXEC if "noexec" in options else 0
             _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | noexec)
+
+
+def _closed_ancestor(path):
+    """The outermost directory above ``path`` that other users may not enter, or None."""
+    parts = path.split(os.sep)[1:-1]
+    for depth in range(1, len(parts) + 1):
+        directory = os.sep + os.sep.join(parts[:depth])
+        if not os.stat(directory).st_mode & stat.S_IXOTH:
+            return directory
+    return None
+
+
+def _outermost(paths):
+    """``paths`` resolved, without those inside another one."""
+    resolved = sorted({os.path.realpath(p) for p in paths})
+    return [p for p in resolved if not any(p.startswith(q + os.sep) for q in resolved if q != p)]
+
+
+def expose(paths, workdir):
+    """Make every path in ``paths`` reachable by any user, in a mount namespace of this process's own."""
+    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
+    covered = {}
+    for path in _outermost(paths):
+        closed = _closed_ancestor(path)
+        if closed is not None:
+            covered.setdefault(closed, []).append(path)
+    for closed, inside in covered.items():
+        # built aside while the paths are still reachable, then moved over the closed directory
+        cover = tempfile.mkdtemp(dir=workdir)
+        _mount("tmpfs", cover, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+        for path in inside:
+            target = os.path.join(cover, os.path.relpath(path, closed))
+            if os.path.isdir(path):
+                os.makedirs(target)
+            else:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                open(target, "x").close()
+            _mount(path, target, None, MS_BIND | MS_REC)
+        _mount(cover, closed, None, MS_MOVE)
+        os.rmdir(cover)
+
+
+def become_nobody(workdir):
+    for name in [workdir, *(os.path.join(workdir, entry) for entry in os.listdir(workdir))]:
+        os.chown(name, NOBODY, NOBODY)
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
 
 
 def _filter_program():
@@ -176,7 +243,22 @@ def set_limits(memory_mb, cpu_s):
         resource.setrlimit(limit, (value, value))
 
 
+def drop_root(argv):
+    """``--as-nobody WORKDIR PATH... -- COMMAND...``: expose the paths, become nobody, exec COMMAND."""
+    split = argv.index("--")
+    workdir, paths, command = argv[1], argv[2:split], argv[split + 1:]
+    try:
+        expose(paths, workdir)
+        become_nobody(workdir)
+    except OSError as exc:
+        print(f"sandbox setup failed: cannot run the code as an unprivileged user: {exc!r}", file=sys.stderr)
+        sys.exit(SETUP_FAILED)
+    os.execvp(command[0], command)
+
+
 def main():
+    if sys.argv[1] == "--as-nobody":
+        drop_root(sys.argv[1:])
     workdir, confine_fs = sys.argv[1], sys.argv[2] == "1"
     memory_mb, cpu_s, deadline_s = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
     watch(deadline_s)
@@ -190,8 +272,6 @@ def main():
             with open(script, "wb") as f:
                 f.write(source)
         os.chdir(workdir)
-        # A second barrier to processes; the kernel ignores it for the real root user.
-        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
         install_seccomp()
     except OSError as exc:
         print(f"sandbox setup failed: {exc!r}", file=sys.stderr)
