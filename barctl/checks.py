@@ -14,6 +14,7 @@ from barctl.data.inspect import check_dataset
 from barctl.data.rows import RowsChecked
 from barctl.errors import BarctlError, Issue, UnsupportedModel
 from barctl.graph import stage_datasets
+from barctl.lmeval import plan_issues as lm_eval_issues
 from barctl.model.families import family_for
 from barctl.model.source import describe
 from barctl.recipe import EVAL_COLUMNS, Recipe
@@ -24,7 +25,8 @@ SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers")
 
 def plan_issues(recipe: Recipe) -> list[Issue]:
     return (_model_issues(recipe) + _data_issues(recipe) + _training_issues(recipe) + _report_to_issues(recipe)
-            + grader_issues(recipe) + _sandbox_issues(recipe) + _baseline_issues(recipe))
+            + grader_issues(recipe) + _sandbox_issues(recipe) + _baseline_issues(recipe)
+            + lm_eval_issues(recipe))
 
 
 def _baseline_issues(recipe: Recipe) -> list[Issue]:
@@ -92,7 +94,7 @@ def _read_datasets(recipe: Recipe) -> dict[str, tuple[str, ...]]:
     """Every dataset a stage or an evaluation reads, with the columns its evaluation metrics need."""
     required: dict[str, set[str]] = {name: set() for expert in recipe.experts for stage in expert.stages
                                      for name in stage_datasets(stage)}
-    for domain in recipe.evals.get("domains", {}).values():
+    for domain in _dataset_domains(recipe).values():
         required.setdefault(domain["dataset"], set()).update(EVAL_COLUMNS[domain["metric"]])
     return {name: tuple(sorted(columns)) for name, columns in sorted(required.items())}
 
@@ -146,13 +148,18 @@ def _eval_data_warnings(recipe: Recipe) -> list[Issue]:
     return [recipe.issue(("evals", "domains", domain, "dataset"),
                          f"{spec['dataset']!r} is also training data ({trained[spec['dataset']]}): "
                          "the score measures memorisation, not the domain")
-            for domain, spec in recipe.evals.get("domains", {}).items() if spec["dataset"] in trained]
+            for domain, spec in _dataset_domains(recipe).items() if spec["dataset"] in trained]
+
+
+def _dataset_domains(recipe: Recipe) -> dict[str, dict]:
+    """The evaluation domains that read a dataset of the manifest (lm_eval domains read their task's)."""
+    return {name: spec for name, spec in recipe.evals.get("domains", {}).items() if "dataset" in spec}
 
 
 def _context_warnings(recipe: Recipe) -> list[Issue]:
     context = describe(recipe.resolve_source(recipe.anchor)).get("max_position_embeddings")
     warnings = []
-    for domain, spec in recipe.evals.get("domains", {}).items():
+    for domain, spec in _dataset_domains(recipe).items():
         generation = spec["generation"]
         if context and generation["max_length"] + generation["max_new_tokens"] > context:
             warnings.append(recipe.issue(("evals", "domains", domain),
@@ -179,7 +186,28 @@ def _training_issues(recipe: Recipe) -> list[Issue]:
             where = ("experts", expert.name, "stages", index, "training", "trl")
             for name, problem in passthrough_problems(stage.kind, stage.training.get("trl", {})).items():
                 issues.append(recipe.document.issue(where + (name,), problem, at_key=True))
-    return issues
+    return issues + _vllm_issues(recipe)
+
+
+def _vllm_issues(recipe: Recipe) -> list[Issue]:
+    """`use_vllm` on a stage that does not generate (only GRPO does; a project-wide setting reaches GRPO stages
+    only), or without the vllm package, where the manifest says it."""
+    import importlib.util
+
+    issues = {}
+    for expert in recipe.experts:
+        for index, stage in enumerate(expert.stages):
+            own = ("experts", expert.name, "stages", index, "training", "use_vllm")
+            if not stage.training.get("use_vllm"):
+                continue
+            if stage.kind != "grpo" and own in recipe.document.positions:
+                issues[own] = recipe.issue(own, f"use_vllm generates GRPO completions; a {stage.kind} stage "
+                                                "does not generate")
+            elif stage.kind == "grpo" and importlib.util.find_spec("vllm") is None:
+                path = own if own in recipe.document.positions else ("training", "use_vllm")
+                issues[path] = recipe.issue(path, "use_vllm needs the vllm package, which is not installed: "
+                                                  "pip install vllm (or remove use_vllm to generate with transformers)")
+    return list(issues.values())
 
 
 # report_to integrations and the packages transformers needs for them (any one of them)

@@ -49,6 +49,13 @@ class ProjectFingerprints:
             found = {**found, "files": {self._relative(Path(f)): d for f, d in found["files"].items()}}
         return found
 
+    def lm_eval_task(self, domain: dict[str, Any]) -> Any:
+        """An lm_eval domain's lm-eval version and, for a task of the project's own, its files (barctl.lmeval)."""
+        from barctl.lmeval import fingerprint as task_fingerprint
+
+        include_path = self.recipe.resolve(domain["include_path"]) if domain.get("include_path") else None
+        return task_fingerprint(domain, include_path, self.recipe.root, self.cache)
+
     def _files(self, directory: Path) -> dict[str, str]:
         return {
             p.relative_to(directory).as_posix(): file_digest(p, self.cache)

@@ -241,8 +241,10 @@ def _add_evals(b: "_Builder", recipe: Recipe, fingerprints: "Fingerprints", base
     domains = recipe.evals["domains"]
 
     def data(evaluated: dict[str, Any]) -> dict[str, Any]:
-        return {name: fingerprints.dataset(recipe.datasets[name])
-                for name in sorted({d["dataset"] for d in evaluated.values()})}
+        found = {name: fingerprints.dataset(recipe.datasets[name])
+                 for name in sorted({d["dataset"] for d in evaluated.values() if "dataset" in d})}
+        return found | {f"lm_eval.{name}": fingerprints.lm_eval_task(d)
+                        for name, d in sorted(evaluated.items()) if d["metric"] == "lm_eval"}
 
     nodes = []
     for node_id, model in evaluated_models(recipe):
@@ -312,3 +314,5 @@ class Fingerprints(Protocol):
     def model(self, source: dict[str, Any]) -> Any: ...
 
     def dataset(self, spec: dict[str, Any]) -> Any: ...
+
+    def lm_eval_task(self, domain: dict[str, Any]) -> Any: ...

@@ -48,6 +48,7 @@ EVAL_FORMATS = {
 }
 EVAL_COLUMNS = {"math_answer": ("answer",), "math_verify": ("answer",), "tool_call": ("ground_truth",),
                 "refusal": ("harmful",), "code_tests": ("tests",), "loss": ()}
+LM_EVAL_FIELDS = ("task", "include_path", "num_fewshot", "task_metric", "apply_chat_template", "unsafe_code")
 EVAL_MODELS = ("anchor", "experts", "merged")
 DEFAULT_GENERATION = {"max_new_tokens": 256, "batch_size": 8, "max_length": 1024}
 DEFAULT_ROUTER_TRAINING = {"learning_rate": 1e-4, "epochs": 2}
@@ -396,6 +397,9 @@ def _evals_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
     issues = []
     for domain, spec in evals["domains"].items():
         where = ("evals", "domains", domain)
+        issues += _task_field_issues(loaded, where, spec)
+        if spec.get("metric") == "lm_eval" or "dataset" not in spec:
+            continue
         name, metric = spec["dataset"], spec["metric"]
         if name not in datasets:
             issues.append(loaded.issue(where + ("dataset",),
@@ -414,6 +418,17 @@ def _evals_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
         issues.append(loaded.issue(("evals", "domains", "average"),
             "'average' is the name of the column of means; give the domain another name", at_key=True))
     return issues
+
+
+def _task_field_issues(loaded: LoadedYaml, where: tuple, spec: dict) -> list[Issue]:
+    """An lm_eval domain reads its task's data, not a dataset; the task's fields mean nothing to other metrics."""
+    if spec.get("metric") == "lm_eval":
+        misplaced = [f for f in ("dataset",) if f in spec]
+        why = "an lm_eval domain reads its task's own data: remove {}"
+    else:
+        misplaced = [f for f in LM_EVAL_FIELDS if f in spec]
+        why = "{} goes with metric lm_eval only"
+    return [loaded.issue(where + (f,), why.format(f), at_key=True) for f in misplaced]
 
 
 def _gates_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
@@ -617,7 +632,8 @@ def _build_evals(evals: dict | None) -> dict[str, Any]:
         return {}
     generation = {**DEFAULT_GENERATION, **evals.get("generation", {})}
     domains = {
-        name: {"dataset": spec["dataset"], "metric": spec["metric"], "limit": spec.get("limit"),
+        name: _lm_eval_domain(spec, generation) if spec["metric"] == "lm_eval" else
+              {"dataset": spec["dataset"], "metric": spec["metric"], "limit": spec.get("limit"),
                "generation": {**generation, **spec.get("generation", {})},
                **({"judge": spec["judge"]} if "judge" in spec else {})}  # keys without a judge stay as they were
         for name, spec in evals["domains"].items()
@@ -625,6 +641,14 @@ def _build_evals(evals: dict | None) -> dict[str, Any]:
     return {"models": list(evals.get("models", EVAL_MODELS)), "domains": domains,
             "expert_domains": evals.get("expert_domains", "all"),
             "routing_report": evals.get("routing_report", True), "precision": evals.get("precision", "fp32")}
+
+
+def _lm_eval_domain(spec: dict, generation: dict) -> dict[str, Any]:
+    """An lm_eval domain: its task settings as written (absent ones keep lm-eval's defaults) and its
+    generation limits, of which lm-eval takes the batch size (the task sets its own generation lengths)."""
+    return {"metric": "lm_eval", "limit": spec.get("limit"),
+            "generation": {**generation, **spec.get("generation", {})},
+            **{f: spec[f] for f in LM_EVAL_FIELDS if f in spec}}
 
 
 def _build_gate(gate: dict, data: dict) -> dict[str, Any]:

@@ -6,6 +6,8 @@ inside [0, 1] and is sensible for small samples and scores near 0 or 1. Everythi
 1000 resamples drawn from a generator seeded by the domain's name, so the same results
 always give the same interval. A row of `loss` is its (summed negative log-likelihood,
 target tokens), so a resample's score is exp(-sum nll / sum tokens), like the score itself.
+An `lm_eval` score that is no mean of rows has the single row [score, stderr] (see
+`barctl.evaluate.harness`): its replicates are normal draws around the score.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from barctl.errors import BarctlError
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 RESAMPLES = 1000
 SEED = 0
-PASS_FAIL = ("math_answer", "math_verify", "tool_call", "code_tests", "refusal")
+PASS_FAIL = ("math_answer", "math_verify", "tool_call", "code_tests", "refusal", "lm_eval")
 
 Interval = tuple[float, float]
 
@@ -47,6 +49,9 @@ def bootstrap(metric: str, rows: Sequence[Any], label: str, resamples: int = RES
     generator = np.random.default_rng([SEED, *label.encode()])
     picks = generator.integers(0, len(rows), size=(resamples, len(rows)))
     values = np.asarray(rows, dtype=np.float64)
+    if metric == "lm_eval" and values.ndim == 2:
+        score, stderr = values[0]
+        return generator.normal(score, stderr, resamples)
     if metric == "loss":
         nll, tokens = values[:, 0][picks].sum(axis=1), values[:, 1][picks].sum(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):

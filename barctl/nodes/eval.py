@@ -26,6 +26,13 @@ def run(ctx: NodeContext) -> dict[str, Any]:
     results: dict[str, Any] = {}
     routing: dict[str, Any] = {}
     for domain, spec in ctx.config["domains"].items():
+        if spec["metric"] == "lm_eval":  # an lm-evaluation-harness task reads its own data: no routing report
+            from barctl.evaluate.harness import evaluate_task
+
+            ctx.say(f"{domain}: lm-eval task {spec['task']}")
+            include_path = ctx.recipe.resolve(spec["include_path"]) if spec.get("include_path") else None
+            results[domain] = evaluate_task(model, tokenizer, spec, include_path)
+            continue
         rows = eval_rows(ctx, spec)
         limits = spec["generation"]
         ctx.say(f"{domain}: {spec['metric']} on {len(rows)} rows")
