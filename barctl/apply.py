@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol
 from barctl import __version__
 from barctl.errors import BarctlError, NodeFailed
 from barctl.hub import recipe_at_commits
+from barctl.logs import route_library_logs
 from barctl.nodes import NodeContext, has_runner, runner_for
 from barctl.plan import Action, Plan
 from barctl.rewards.sandbox import UNISOLATED_ENV
@@ -34,6 +35,8 @@ class Reporter(Protocol):
     def start(self, action: Action) -> None: ...
 
     def say(self, action: Action, message: str) -> None: ...
+
+    def note(self, action: Action, message: str) -> None: ...
 
     def done(self, action: Action, entry: dict[str, Any]) -> None: ...
 
@@ -78,7 +81,7 @@ def apply_plan(project: Project, plan: Plan, reporter: Reporter, push: bool = Fa
     built; with `push`, what is built is uploaded to it.
     """
     check_runnable(plan)
-    quiet_libraries()
+    route_library_logs()
     os.environ[UNISOLATED_ENV] = "1" if project.recipe.sandbox_isolation == "best_effort" else "0"
     project.store.clear_staging()
     result = ApplyResult()
@@ -99,10 +102,11 @@ def apply_plan(project: Project, plan: Plan, reporter: Reporter, push: bool = Fa
 def _build(project: Project, action: Action, reporter: Reporter, result: ApplyResult, push: bool = False) -> None:
     reporter.start(action)
     say = lambda message: reporter.say(action, message)  # noqa: E731
+    note = lambda message: reporter.note(action, message)  # noqa: E731
     remote = project.remote if action.kind not in BUILT_HERE else None
     entry = _pull(project, action, remote, say) if remote is not None else None
     if entry is None:
-        entry = _run_node(project, action, say)
+        entry = _run_node(project, action, say, note)
         if remote is not None and push and remote.push(action.key, project.store.root / entry["artifact"]["path"],
                                                        entry):
             say(f"pushed to {remote.url}")
@@ -145,7 +149,8 @@ def _repair_damaged_inputs(project: Project, node_id: str, verified: set[str], r
         verified.add(input_id)
 
 
-def _run_node(project: Project, action: Action, say: Callable[[str], None]) -> dict[str, Any]:
+def _run_node(project: Project, action: Action, say: Callable[[str], None],
+              note: Callable[[str], None]) -> dict[str, Any]:
     node = project.graph[action.node_id]
     store, entries = project.store, project.lockfile.entries
     inputs = {i: store.root / entries[i]["artifact"]["path"] for i in node.inputs}
@@ -154,7 +159,7 @@ def _run_node(project: Project, action: Action, say: Callable[[str], None]) -> d
     with store.staging(node.key) as staged:
         keyed_with = {name: fp for entry in upstream.values() for name, fp in (entry.get("data") or {}).items()}
         recipe = recipe_at_commits(project.recipe, {**keyed_with, **node.data})  # hub data as it was keyed
-        context = NodeContext(recipe, node, inputs, staged, store.work_dir(node.id), upstream, say)
+        context = NodeContext(recipe, node, inputs, staged, store.work_dir(node.id), upstream, say, note)
         try:
             metrics = runner_for(node.kind)(context)
         except BarctlError as error:
@@ -184,13 +189,6 @@ def _entry(project: Project, node_id: str, artifact: Artifact, metrics: dict[str
         "built_with": library_versions(),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def quiet_libraries() -> None:
-    """The libraries' records go through `logging` (see barctl.logs), their progress bars only on a terminal."""
-    from barctl.logs import route_library_logs
-
-    route_library_logs()
 
 
 def library_versions() -> dict[str, str]:

@@ -94,7 +94,7 @@ def main(verbose: int, quiet: bool, log_file: Path | None) -> None:
 
     if verbose and quiet:
         raise click.UsageError("-v and -q exclude each other")
-    setup(-1 if quiet else verbose, log_file)
+    setup(-1 if quiet else verbose, log_file, console)
     console.quiet = quiet
 
 
@@ -231,7 +231,8 @@ def _apply(manifest: Path, saved: "Plan | None", targets: list[str], replace: li
                 _ask_approval()
         if not the_plan.has_changes:
             return project, ApplyResult()
-        reporter = LoggedReporter(len(the_plan.to_run), None if quiet else ConsoleReporter(console))
+        reporter = LoggedReporter([a.node_id for a in the_plan.to_run], None if quiet else ConsoleReporter(console),
+                                  the_plan.costs)
         if not quiet:
             console.print()
         try:

@@ -33,6 +33,7 @@ import yaml
 
 from barctl.errors import BarctlError
 from barctl.nodes import NodeContext
+from barctl.progress import current_mode
 from barctl.recipe import Recipe
 from barctl.store import Store
 
@@ -143,9 +144,16 @@ def run_with_accelerate(ctx: NodeContext, launcher: dict[str, Any]) -> dict[str,
     shutil.rmtree(out, ignore_errors=True)
     metrics_file = work / METRICS_FILE
     metrics_file.unlink(missing_ok=True)
-    finished = subprocess.run(command, cwd=ctx.recipe.root, preexec_fn=die_with_parent)
-    if finished.returncode != 0:
-        raise BarctlError(f"accelerate launch exited with status {finished.returncode}")
+    # On a terminal the main rank draws its own bars there; otherwise its lines become the node's own
+    # (printed and logged as apply's), so CI logs and --log-file get the stage's progress.
+    forward = current_mode() != "bars"
+    with subprocess.Popen(command, cwd=ctx.recipe.root, preexec_fn=die_with_parent, text=True, errors="replace",
+                          stdout=subprocess.PIPE if forward else None) as process:
+        for line in process.stdout or ():
+            if line.strip():
+                ctx.say(line.rstrip())
+    if process.returncode != 0:
+        raise BarctlError(f"accelerate launch exited with status {process.returncode}")
     if not metrics_file.is_file() or not out.is_dir():
         raise BarctlError("the launched stage finished without writing its model and metrics")
     for child in out.iterdir():

@@ -1,6 +1,6 @@
 """Logging for the CLI: verbosity, the log file, the libraries' own logs, and node progress lines.
 
-barctl prints its results and progress itself (render.py). Through standard `logging`:
+barctl prints its results and progress itself (render.py, progress.py). Through standard `logging`:
 - the libraries (transformers, datasets, huggingface_hub, trl, accelerate, DeepSpeed, Python
   warnings) keep their own verbosity; their records reach the terminal only at `-v`, and the log
   file always;
@@ -17,18 +17,25 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from barctl import progress
+
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from barctl.plan import Action
 
 PROGRESS = "barctl.progress"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup(verbosity: int, log_file: Path | None) -> None:
-    """Configure the root logger: `verbosity` -1 (-q), 0, 1 (-v) or 2 (-vv); `log_file` gets everything."""
+def setup(verbosity: int, log_file: Path | None, console: Console | None = None) -> None:
+    """Configure the root logger: `verbosity` -1 (-q), 0, 1 (-v) or 2 (-vv); `log_file` gets everything.
+
+    Progress (barctl.progress) draws bars on `console` when stdout is a terminal."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_barctl", False)]:
         root.removeHandler(handler)
@@ -52,11 +59,7 @@ def setup(verbosity: int, log_file: Path | None) -> None:
     # swapped back by warnings.catch_warnings while logging still believes it captures.
     logging.captureWarnings(False)
     logging.captureWarnings(True)
-    global _show_progress_bars
-    _show_progress_bars = verbosity >= 0 and sys.stderr.isatty()
-
-
-_show_progress_bars = False
+    progress.choose(verbosity, console)
 
 
 class _Stderr(logging.StreamHandler):
@@ -92,9 +95,22 @@ def route_library_logs() -> None:
     transformers_logging.disable_default_handler()
     transformers_logging.enable_propagation()
     _route_deepspeed()
-    if not _show_progress_bars:
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        transformers_logging.disable_progress_bar()
+    library_progress_bars(progress.current_mode() == "bars")
+
+
+def library_progress_bars(show: bool) -> None:
+    """The libraries' own bars (downloads, loading, dataset preparation) on or off, where the user's
+    environment does not decide; they redraw with carriage returns, which only a terminal reads."""
+    import datasets
+    import huggingface_hub.utils as hub
+    from transformers.utils import logging as transformers_logging
+
+    switches = [(hub.enable_progress_bars, hub.disable_progress_bars, "HF_HUB_DISABLE_PROGRESS_BARS"),
+                (datasets.enable_progress_bars, datasets.disable_progress_bars, "HF_DATASETS_DISABLE_PROGRESS_BARS"),
+                (transformers_logging.enable_progress_bar, transformers_logging.disable_progress_bar, None)]
+    for enable, disable, environment in switches:
+        if environment is None or os.environ.get(environment) is None:
+            (enable if show else disable)()
 
 
 def _route_deepspeed() -> None:
@@ -121,24 +137,56 @@ def duration(seconds: float) -> str:
 
 
 class NodeClock:
-    """Counts the nodes an apply runs and the time since it started: `node 3 of 8, 0m35s elapsed`."""
+    """Counts the nodes an apply runs, the time since it started and the time left:
+    `node 3 of 8, 0m35s elapsed, about 4m10s left`.
 
-    def __init__(self, total: int):
-        self.total, self.count, self.started = total, 0, time.monotonic()
+    The time left sums the planned nodes not finished yet, each estimated from the finished ones: a
+    node that trains and has a FLOPs estimate in the plan (barctl.cost) at the seconds per FLOP the
+    finished such nodes took; any other node at the mean time of the finished nodes of its sort
+    (training or not), else of all of them. While nothing can be estimated so, nothing is said.
+    """
+
+    def __init__(self, planned: Sequence[str], training_flops: Mapping[str, float | None] | None = None):
+        self.planned, self.count, self.started = list(planned), 0, time.monotonic()
+        self.trains = set(training_flops or {})
+        self.flops = {node: flops for node, flops in (training_flops or {}).items() if flops}
+        self.seconds: dict[str, float] = {}
 
     def next(self) -> str:
         self.count += 1
-        total = max(self.total, self.count)  # repairs of damaged inputs add nodes to the plan
-        return f"node {self.count} of {total}, {duration(time.monotonic() - self.started)} elapsed"
+        total = max(len(self.planned), self.count)  # repairs of damaged inputs add nodes to the plan
+        text = f"node {self.count} of {total}, {duration(time.monotonic() - self.started)} elapsed"
+        left = self.remaining()
+        return text if left is None else f"{text}, about {duration(left)} left"
+
+    def finished(self, node_id: str, seconds: float) -> None:
+        self.seconds[node_id] = seconds
+
+    def remaining(self) -> float | None:
+        """Seconds the planned nodes not finished yet will take, or None when one cannot be estimated."""
+        estimates = [self._estimate(node) for node in self.planned if node not in self.seconds]
+        return None if not estimates or None in estimates else sum(e for e in estimates if e is not None)
+
+    def _estimate(self, node_id: str) -> float | None:
+        if node_id in self.flops:
+            measured = [node for node in self.seconds if node in self.flops]
+            if not measured:
+                return None
+            return self.flops[node_id] * sum(self.seconds[n] for n in measured) / sum(self.flops[n] for n in measured)
+        alike = [s for node, s in self.seconds.items() if (node in self.trains) == (node_id in self.trains)]
+        pool = alike or list(self.seconds.values())
+        return sum(pool) / len(pool) if pool else None
 
 
 class LoggedReporter:
     """Writes every node event to the `barctl.progress` log (for --log-file) and passes it on to the
-    terminal's reporter, if any, with the node's position: `node i of N` and the elapsed time."""
+    terminal's reporter, if any, with the node's position: `node i of N`, the elapsed time and the time
+    left. `costs` are the plan's estimates of its training nodes (barctl.cost)."""
 
-    def __init__(self, total: int, terminal: Any = None):
-        self.clock, self.terminal = NodeClock(total), terminal
-        self.log = logging.getLogger(PROGRESS)
+    def __init__(self, planned: Sequence[str], terminal: Any = None,
+                 costs: Mapping[str, Mapping[str, Any]] | None = None):
+        self.clock = NodeClock(planned, {node: cost.get("flops") for node, cost in (costs or {}).items()})
+        self.terminal, self.log = terminal, logging.getLogger(PROGRESS)
 
     def start(self, action: Action) -> None:
         position = self.clock.next()
@@ -151,7 +199,12 @@ class LoggedReporter:
         if self.terminal is not None:
             self.terminal.say(action, message)
 
+    def note(self, action: Action, message: str) -> None:
+        """A line for the log file only (the terminal shows the same progress as a bar)."""
+        self.log.info("%s: %s", action.node_id, message)
+
     def done(self, action: Action, entry: dict[str, Any]) -> None:
+        self.clock.finished(action.node_id, entry["metrics"]["seconds"])
         self.log.info("%s: done in %.1fs", action.node_id, entry["metrics"]["seconds"])
         if self.terminal is not None:
             self.terminal.done(action, entry)

@@ -4,7 +4,9 @@ Usage (built by barctl.launch, not by hand):
     python -m barctl.stage_worker --manifest M --node ID
 
 Every rank loads the project and trains; only the main process (global rank 0) reports
-progress, saves the model into the launch's output path and writes the metrics.
+progress, saves the model into the launch's output path and writes the metrics. Progress
+comes as apply chose (`BARCTL_PROGRESS`, see barctl.progress): a bar on the terminal apply
+runs in, else plain lines on stdout, which apply reads and reports as the node's own.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from barctl.launch import METRICS_FILE, die_with_parent, worker_paths
 from barctl.nodes import NodeContext
+from barctl.progress import current_mode
 from barctl.project import Project
 
 
@@ -27,8 +30,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from accelerate import PartialState
 
+    from barctl.logs import library_progress_bars
     from barctl.nodes import stage
     from barctl.stages.common import on_cpu
+
+    library_progress_bars(current_mode() == "bars")
 
     # cpu=True on a machine without GPUs: the launched ranks then form a gloo group (MULTI_CPU)
     state = PartialState(cpu=on_cpu())

@@ -61,7 +61,7 @@ def test_math_answer_scores_right_and_wrong_answers(monkeypatch, tokenizer):
     completions = {"12 + 30?": "The answer is 42.", "2 + 2?": "It is 5.", "1/2 + 1/4?": "\\boxed{0.75}",
                    "7 * 6?": "I do not know"}
     progress = []
-    result = score(monkeypatch, tokenizer, rows, "math_answer", completions, batch_size=3, say=progress.append)
+    result = score(monkeypatch, tokenizer, rows, "math_answer", completions, batch_size=3, progress=progress.append)
     assert result["score"] == 0.5 and result["n"] == 4 and result["truncated"] == 0
     assert result["rows"] == [1.0, 0.0, 1.0, 0.0]  # every row's reward, in order
     assert result["samples"] == [
@@ -69,7 +69,7 @@ def test_math_answer_scores_right_and_wrong_answers(monkeypatch, tokenizer):
         {"prompt": "2 + 2?", "completion": "It is 5.", "reward": 0.0},
         {"prompt": "1/2 + 1/4?", "completion": "\\boxed{0.75}", "reward": 1.0},
     ]
-    assert progress == ["math_answer: 3/4", "math_answer: 4/4"]
+    assert progress == [3, 4]  # rows done after each batch
 
 
 WEATHER = '{"name": "weather", "arguments": {"city": "Paris", "unit": "celsius"}}'

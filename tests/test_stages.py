@@ -140,7 +140,7 @@ def test_sft_on_messages_learns_and_all_groups_with_weight_decay_keep_the_anchor
     slot0 = anchor_slot(project / model)
     for key, tensor in anchor_slot(ctx.out).items():
         assert torch.equal(tensor.view(torch.uint8), slot0[key].view(torch.uint8))
-    assert any(m.startswith("step 20/20") for m in messages), messages
+    assert any(m.startswith("training 20/20 steps (100%), loss ") for m in messages), messages
 
 
 def test_sft_learns_only_the_last_assistant_turn_without_generation_markers(project, tmp_path):

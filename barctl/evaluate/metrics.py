@@ -27,7 +27,8 @@ SAMPLES = 3  # rows shown in a result for a human to read
 
 def evaluate_domain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: datasets.Dataset,
                     metric: str, *, max_new_tokens: int = 256, batch_size: int = 8, max_length: int = 1024,
-                    say: Callable[[str], None] | None = None, judge: dict[str, Any] | None = None) -> dict[str, Any]:
+                    progress: Callable[[int], None] | None = None,
+                    judge: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score `model` on `dataset` (already in barctl's canonical columns) with `metric`.
 
     Every result has `score` (in [0, 1], higher is better), `n` (rows scored) and `rows`
@@ -48,23 +49,20 @@ def evaluate_domain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     `score` is exp(-loss), the geometric mean probability of a target token, so that
     it lies in [0, 1] and rises as the loss falls.
 
-    `say` gets a progress line after each batch.
+    `progress` gets the number of rows done after each batch.
     """
     fmt = dataset_format(dataset, metric)
     if len(dataset) == 0:
         raise BarctlError(f"{metric}: the dataset has no rows")
-
-    def progress(done: int) -> None:
-        if say is not None:
-            say(f"{metric}: {done}/{len(dataset)}")
+    report = progress or (lambda done: None)
 
     if metric == "loss":
         result = token_loss(model, tokenizer, dataset.to_list(), fmt, batch_size=batch_size, max_length=max_length,
-                            progress=progress)
+                            progress=report)
         return {"score": math.exp(-result["loss"]), "n": len(dataset), **result,
                 "perplexity": math.exp(result["loss"])}
     return _generative(model, tokenizer, dataset, metric, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       max_length=max_length, progress=progress, judge=judge)
+                       max_length=max_length, progress=report, judge=judge)
 
 
 def dataset_format(dataset: datasets.Dataset, metric: str) -> str:

@@ -9,6 +9,7 @@ import torch
 from barctl.errors import BarctlError
 from barctl.model.checkpoint import CheckpointReader, ShardedWriter, copy_side_files, write_config
 from barctl.model.families import Family, family_for, num_layers
+from barctl.progress import Track
 
 
 def router_init(family: Family, config: dict, num_experts: int, seed: int, dtype: torch.dtype) -> dict:
@@ -22,8 +23,11 @@ def router_init(family: Family, config: dict, num_experts: int, seed: int, dtype
     }
 
 
-def branch(anchor_dir: Path, out_dir: Path, *, ffn_dir: Path | None, seed: int, max_shard_bytes: int) -> None:
-    """Stream the anchor into a 2-expert MoE; slot 1 is `ffn_dir`'s FFN, or a copy of the anchor's."""
+def branch(anchor_dir: Path, out_dir: Path, *, ffn_dir: Path | None, seed: int, max_shard_bytes: int,
+           track: Track = iter) -> None:
+    """Stream the anchor into a 2-expert MoE; slot 1 is `ffn_dir`'s FFN, or a copy of the anchor's.
+
+    `track` counts the anchor's tensors as they are written (barctl.progress)."""
     with CheckpointReader(anchor_dir) as anchor:
         family = family_for(anchor.config)
         ffn = CheckpointReader(ffn_dir) if ffn_dir is not None else None
@@ -31,7 +35,7 @@ def branch(anchor_dir: Path, out_dir: Path, *, ffn_dir: Path | None, seed: int, 
             _check_ffn_source(family, anchor, ffn)
         writer = ShardedWriter(out_dir, max_shard_bytes)
         ffn_dtype = None
-        for name in anchor.names():
+        for name in track(anchor.names()):
             tensor = anchor.get(name)
             parsed = family.parse_dense_ffn(name)
             if parsed is None:

@@ -14,6 +14,7 @@ from barctl.errors import BarctlError
 from barctl.model.checkpoint import CheckpointReader, ShardedWriter, copy_side_files, write_config
 from barctl.model.families import moe_family_for_moe_config
 from barctl.model.router import router_names
+from barctl.progress import Track
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,21 +30,24 @@ def export(
     max_shard_bytes: int,
     model_card: str,
     top_k: int | None,
+    track: Track = iter,
 ) -> None:
-    """Write the exported MoE to `out_dir`, atomically: a temporary sibling renamed into place."""
+    """Write the exported MoE to `out_dir`, atomically: a temporary sibling renamed into place.
+
+    `track` counts the tensors as they are written (barctl.progress)."""
     if dtype is not None and dtype not in DTYPES:
         raise BarctlError(f"dtype must be one of {', '.join(DTYPES)} or None, got {dtype!r}")
     out_dir = Path(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write(Path(moe_dir), tmp, router_file, dtype, max_shard_bytes, model_card, top_k)
+        _write(Path(moe_dir), tmp, router_file, dtype, max_shard_bytes, model_card, top_k, track)
         _replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write(moe_dir, tmp, router_file, dtype, max_shard_bytes, model_card, top_k) -> None:
+def _write(moe_dir, tmp, router_file, dtype, max_shard_bytes, model_card, top_k, track: Track) -> None:
     with CheckpointReader(moe_dir) as reader:
         family = moe_family_for_moe_config(reader.config)
         config = dict(reader.config)
@@ -54,7 +58,7 @@ def _write(moe_dir, tmp, router_file, dtype, max_shard_bytes, model_card, top_k)
         routers = _load_router(router_file, reader) if router_file is not None else {}
         target = DTYPES[dtype] if dtype else None
         writer = ShardedWriter(tmp, max_shard_bytes)
-        for name in reader.names():
+        for name in track(reader.names()):
             tensor = routers[name] if name in routers else reader.get(name)
             if target is not None and tensor.is_floating_point():
                 tensor = tensor.to(target)

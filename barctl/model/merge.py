@@ -9,6 +9,7 @@ import torch
 from barctl.errors import BarctlError
 from barctl.model.checkpoint import CheckpointReader, ShardedWriter, copy_side_files, write_config
 from barctl.model.families import Family, family_for, moe_family_for_moe_config, num_layers
+from barctl.progress import Track
 
 _SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size", "num_attention_heads")
 
@@ -28,8 +29,11 @@ def merge(
     shared: str,
     top_k: int,
     max_shard_bytes: int,
+    track: Track = iter,
 ) -> dict:
-    """Slot 0 = anchor FFN, slot i = expert i's slot 1; router rows and shared tensors as in BAR."""
+    """Slot 0 = anchor FFN, slot i = expert i's slot 1; router rows and shared tensors as in BAR.
+
+    `track` counts the anchor's tensors as they are merged (barctl.progress)."""
     if shared not in ("average", "anchor"):
         raise BarctlError(f"shared must be 'average' or 'anchor', got {shared!r}")
     if not expert_dirs:
@@ -42,7 +46,7 @@ def merge(
 
     writer = ShardedWriter(out_dir, max_shard_bytes)
     averaged, max_diff = 0, 0.0
-    for name in anchor.names():
+    for name in track(anchor.names()):
         base = anchor.get(name)
         parsed = family.parse_dense_ffn(name)
         if parsed is not None:

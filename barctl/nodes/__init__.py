@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from barctl.graph import Node
+from barctl.progress import Steps
 from barctl.recipe import Recipe
 
 RUNNERS = {
@@ -36,10 +37,15 @@ class NodeContext:
     work: Path  # scratch space that survives a killed run (checkpoints to resume from)
     upstream: dict[str, dict[str, Any]] = field(default_factory=dict)  # lock entries of ancestors
     say: Callable[[str], None] = lambda message: None
+    note: Callable[[str], None] = lambda message: None  # a line for the log file only (a bar shows it)
 
     @property
     def config(self) -> dict[str, Any]:
         return self.node.config
+
+    def steps(self, label: str, unit: str) -> Steps:
+        """The progress of a long step of this node (see barctl.progress)."""
+        return Steps(label, unit, self.say, self.note)
 
 
 def model_dir(ctx: NodeContext, node_id: str) -> Path:

@@ -12,6 +12,7 @@ def run(ctx: NodeContext) -> dict[str, Any]:
 
     base = ctx.inputs["base"]
     ffn_dir = base / "pretrained" if ctx.config["ffn"] == "pretrained" else None
-    branch(base / "anchor", ctx.out, ffn_dir=ffn_dir, seed=ctx.config["seed"],
-           max_shard_bytes=ctx.recipe.max_shard_bytes)
+    with ctx.steps("branching", "tensors") as steps:
+        branch(base / "anchor", ctx.out, ffn_dir=ffn_dir, seed=ctx.config["seed"],
+               max_shard_bytes=ctx.recipe.max_shard_bytes, track=steps.track)
     return {}

@@ -16,12 +16,9 @@ from barctl.results import average
 
 
 def run(ctx: NodeContext) -> dict[str, Any]:
-    import datasets
-
     from barctl.evaluate import evaluate_domain, routing_shares
     from barctl.data.text import row_text
 
-    datasets.disable_progress_bars()
     model, tokenizer = load_model(ctx)
     results: dict[str, Any] = {}
     routing: dict[str, Any] = {}
@@ -36,11 +33,12 @@ def run(ctx: NodeContext) -> dict[str, Any]:
         rows = eval_rows(ctx, spec)
         limits = spec["generation"]
         ctx.say(f"{domain}: {spec['metric']} on {len(rows)} rows")
-        results[domain] = evaluate_domain(
-            model, tokenizer, rows, spec["metric"], max_new_tokens=limits["max_new_tokens"],
-            batch_size=limits["batch_size"], max_length=limits["max_length"], say=ctx.say,
-            judge=ctx.recipe.resolve_judge(spec),
-        )
+        with ctx.steps(f"{domain}: {spec['metric']}", "rows") as steps:
+            results[domain] = evaluate_domain(
+                model, tokenizer, rows, spec["metric"], max_new_tokens=limits["max_new_tokens"],
+                batch_size=limits["batch_size"], max_length=limits["max_length"],
+                progress=steps.start(len(rows)).update, judge=ctx.recipe.resolve_judge(spec),
+            )
         report = ctx.config.get("routing_report")
         if report:
             routed = rows if report is True else rows.select(range(min(report, len(rows))))

@@ -15,15 +15,17 @@ def run(ctx: NodeContext) -> dict[str, Any]:
     from barctl.model.export import export, smoke_test
 
     dtype = ctx.config["dtype"]
-    export(
-        ctx.inputs["merge"],
-        ctx.out,
-        router_file=ctx.inputs["router"] / ROUTER_FILE,
-        dtype=None if dtype == "auto" else dtype,
-        max_shard_bytes=ctx.recipe.max_shard_bytes,
-        model_card=model_card(ctx),
-        top_k=None,
-    )
+    with ctx.steps("writing", "tensors") as steps:
+        export(
+            ctx.inputs["merge"],
+            ctx.out,
+            router_file=ctx.inputs["router"] / ROUTER_FILE,
+            dtype=None if dtype == "auto" else dtype,
+            max_shard_bytes=ctx.recipe.max_shard_bytes,
+            model_card=model_card(ctx),
+            top_k=None,
+            track=steps.track,
+        )
     if not ctx.config["smoke_test"]:
         return {}
     ctx.say("smoke test: reloading with stock transformers and generating")

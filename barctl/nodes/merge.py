@@ -11,6 +11,7 @@ def run(ctx: NodeContext) -> dict[str, Any]:
     from barctl.model.merge import merge
 
     expert_dirs = [ctx.inputs[i] for i in ctx.node.inputs if i != "base"]
-    report = merge(ctx.inputs["base"] / "anchor", expert_dirs, ctx.out, shared=ctx.config["shared"],
-                   top_k=ctx.config["top_k"], max_shard_bytes=ctx.recipe.max_shard_bytes)
+    with ctx.steps("merging", "tensors") as steps:
+        report = merge(ctx.inputs["base"] / "anchor", expert_dirs, ctx.out, shared=ctx.config["shared"],
+                       top_k=ctx.config["top_k"], max_shard_bytes=ctx.recipe.max_shard_bytes, track=steps.track)
     return dict(report)

@@ -72,14 +72,11 @@ def init_texts(ctx: NodeContext, anchor: Path) -> list[list[str]]:
 
 
 def train_router(ctx: NodeContext, init_file: Path, out_file: Path) -> dict[str, Any]:
-    import datasets
-
     from barctl.graph import resolved_top_k
     from barctl.model.freezing import apply_trainable
     from barctl.model.router import load_router, save_router
     from barctl.stages import common, router
 
-    datasets.disable_progress_bars()
     train, merged = ctx.config["train"], ctx.inputs[ctx.node.inputs[0]]
     model, tokenizer = common.load_model(merged)
     load_router(model, init_file)
@@ -94,7 +91,7 @@ def train_router(ctx: NodeContext, init_file: Path, out_file: Path) -> dict[str,
                 "those experts' router rows only learn to lose the other domains' tokens")
     started = time.monotonic()
     state = router.train_router(model, tokenizer, sample, train, common.prepare_work(ctx.work, ctx.node.key, ctx.say),
-                                ctx.say)
+                                ctx.say, note=ctx.note)
     save_router(model, merged, out_file)
     common.clear(ctx.work)
     logged = [entry["loss"] for entry in state.log_history if "loss" in entry]

@@ -23,6 +23,7 @@ from barctl.errors import BarctlError
 from barctl.logs import duration
 from barctl.model.checkpoint import CheckpointReader
 from barctl.model.freezing import AnchorGuard
+from barctl.progress import Steps
 from barctl.recipe import Recipe
 from barctl.trl_fields import BARCTL_SETS, BARCTL_TO_TRL
 
@@ -139,29 +140,51 @@ def _precision(precision: str, cpu: bool) -> dict[str, bool]:
 
 
 class Progress(TrainerCallback):
-    """Reports step, loss (or reward), tokens per second and ETA through `say`, at most every `every` seconds.
+    """Step, loss (or reward), tokens per second and ETA: a bar on a terminal, a line per tenth of the
+    steps otherwise (see barctl.progress); only on the main process (global rank 0).
 
-    It speaks when the trainer logs (every `logging_steps`), so the value is the current one.
+    The bar moves at every step; with a step that logs, it waits for the log, so the value is the current one.
     """
 
-    def __init__(self, say: Callable[[str], None], metric: str = "loss", every: float = 5.0):
-        self.say, self.metric, self.every = say, metric, every
+    def __init__(self, say: Callable[[str], None], metric: str = "loss", note: Callable[[str], None] | None = None):
+        self.say, self.metric, self.note = say, metric, note
+        self.steps: Steps | None = None
+        self.value: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.started = self.last = time.monotonic()
+        if not state.is_world_process_zero:
+            return
+        self.started = time.monotonic()
         self.first_step, self.first_tokens = state.global_step, state.num_input_tokens_seen
+        self.steps = Steps("training", "steps", self.say, self.note).start(state.max_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.steps is not None and not control.should_log:
+            self.steps.update(state.global_step, self.detail(state))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        now = time.monotonic()
-        due = now - self.last >= self.every or state.global_step >= state.max_steps
-        if not logs or self.metric not in logs or not due:
-            return
-        self.last = now
-        elapsed, done = now - self.started, state.global_step - self.first_step
-        speed = (state.num_input_tokens_seen - self.first_tokens) / max(elapsed, 1e-9)
-        eta = (state.max_steps - state.global_step) * elapsed / max(done, 1)
-        self.say(f"step {state.global_step}/{state.max_steps}  {self.metric} {logs[self.metric]:.4g}  "
-                 f"{speed:,.0f} tok/s  ETA {duration(eta)}")
+        if self.steps is not None and logs and self.metric in logs:
+            self.value = logs[self.metric]
+            self.steps.update(state.global_step, self.detail(state))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self) -> None:
+        if self.steps is not None:
+            self.steps.close()
+            self.steps = None
+
+    def detail(self, state) -> str:
+        """`loss 2.31, 1,234 tok/s, ETA 1m05s`: the last logged value, the speed and the time left since the start."""
+        elapsed, done = time.monotonic() - self.started, state.global_step - self.first_step
+        parts = [] if self.value is None else [f"{self.metric} {self.value:.4g}"]
+        tokens = state.num_input_tokens_seen - self.first_tokens
+        if tokens:
+            parts.append(f"{tokens / max(elapsed, 1e-9):,.0f} tok/s")
+        if done:
+            parts.append(f"ETA {duration((state.max_steps - state.global_step) * elapsed / done)}")
+        return ", ".join(parts)
 
 
 class SkipFinalCheckpoint(TrainerCallback):
@@ -233,8 +256,13 @@ def train(trainer: Trainer, say: Callable[[str], None]) -> None:
         from barctl.model.zero import moe_blocks_as_leaves
 
         moe_blocks_as_leaves(trainer.model)
-    with checkpoints_as_trained(trainer.model):
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    try:
+        with checkpoints_as_trained(trainer.model):
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:  # a failed run leaves no bar drawing on the terminal
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, Progress):
+                callback.close()
 
 
 @contextmanager

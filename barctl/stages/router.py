@@ -84,12 +84,13 @@ def expert_texts(recipe: Recipe, expert: Expert, tokenizer: PreTrainedTokenizerB
 
 
 def train_router(model, tokenizer: PreTrainedTokenizerBase, dataset: datasets.Dataset, train: dict[str, Any],
-                 output_dir: Path, say: Callable[[str], None], callbacks: Sequence[TrainerCallback] = ()):
+                 output_dir: Path, say: Callable[[str], None], callbacks: Sequence[TrainerCallback] = (),
+                 note: Callable[[str], None] | None = None):
     """Train `model`'s routers (the only parameters left trainable by the caller) with TRL's SFTTrainer.
 
-    `callbacks`: extra TrainerCallbacks."""
+    `callbacks`: extra TrainerCallbacks; `note`: log-file lines while a bar shows the progress."""
     trainer = build_router_trainer(model, tokenizer, dataset, train, output_dir)
-    for callback in (common.Progress(say, METRIC), *callbacks):
+    for callback in (common.Progress(say, METRIC, note), *callbacks):
         trainer.add_callback(callback)
     common.train(trainer, say)
     return trainer.state
