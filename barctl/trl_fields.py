@@ -116,6 +116,7 @@ BARCTL_TO_TRL = {
     "save_steps": "save_steps",
     "precision": "bf16",
     "report_to": "report_to",
+    "use_vllm": "use_vllm",
 }
 
 

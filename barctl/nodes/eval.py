@@ -74,21 +74,24 @@ def _rounded(values: Iterable[float]) -> list[float]:
 
 
 def load_model(ctx: NodeContext):
-    """The evaluated model in float32 (on the GPU when there is one) and its tokenizer."""
-    import torch
+    """The evaluated model in `evals.precision` (weights, hence the KV cache too), spread over the visible GPUs
+    when there are any, with the project-wide `training.experts_implementation`; and its tokenizer."""
+    from functools import partial
 
+    from barctl.stages.common import DTYPES, placement
     from barctl.stages.common import load_model as load_checkpoint
 
+    kernel = (ctx.recipe.document.data.get("training") or {}).get("experts_implementation")
+    load = partial(load_checkpoint, dtype=DTYPES[ctx.config.get("precision", "fp32")],
+                   experts_implementation=kernel, device_map=placement())
     if ctx.config["model"] in ("merged", "btx"):  # inputs: the merge, then the router
         from barctl.model.router import load_router
         from barctl.nodes.router import ROUTER_FILE
 
-        model, tokenizer = load_checkpoint(ctx.inputs[ctx.node.inputs[0]])
+        model, tokenizer = load(ctx.inputs[ctx.node.inputs[0]])
         load_router(model, ctx.inputs[ctx.node.inputs[1]] / ROUTER_FILE)
     else:
-        model, tokenizer = load_checkpoint(model_dir(ctx, ctx.node.inputs[0]))
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+        model, tokenizer = load(model_dir(ctx, ctx.node.inputs[0]))
     return model.eval(), tokenizer
 
 

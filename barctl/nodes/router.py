@@ -71,6 +71,17 @@ def init_texts(ctx: NodeContext, anchor: Path) -> list[list[str]]:
             for expert in recipe.experts]
 
 
+def load_for_router_training(merged: Path, training: dict[str, Any]):
+    """The merged model for router training: on a GPU in the training precision (bf16 halves a 5x7B's 98 GB)
+    and spread over every visible GPU; on the CPU in fp32, as every stage there."""
+    from barctl.stages import common
+
+    precision = training.get("precision", "fp32")
+    dtype = common.DTYPES["fp32" if common.on_cpu() else precision]
+    return common.load_model(merged, dtype, experts_implementation=training.get("experts_implementation"),
+                             device_map=common.placement())
+
+
 def train_router(ctx: NodeContext, init_file: Path, out_file: Path) -> dict[str, Any]:
     from barctl.graph import resolved_top_k
     from barctl.model.freezing import apply_trainable
@@ -78,9 +89,10 @@ def train_router(ctx: NodeContext, init_file: Path, out_file: Path) -> dict[str,
     from barctl.stages import common, router
 
     train, merged = ctx.config["train"], ctx.inputs[ctx.node.inputs[0]]
-    model, tokenizer = common.load_model(merged)
+    model, tokenizer = load_for_router_training(merged, train["training"])
     load_router(model, init_file)
     counts = apply_trainable(model, ["router"], freeze_anchor_row=False)
+    common.trainable_in_fp32(model)
     if train["aux_loss_weight"] > 0 and resolved_top_k(ctx.recipe) == len(ctx.recipe.experts) + 1:
         ctx.say("note: with every expert active (top_k all) the balancing loss is constant; it does not train")
     sample, rows = router.routing_sample(ctx.recipe, train["fraction"], ctx.config["seed"])

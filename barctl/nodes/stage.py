@@ -38,7 +38,8 @@ def train_stage(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, An
     dense = bool(config.get("dense"))
     kind = importlib.import_module(f"barctl.stages.{config['kind']}")
     input_dir = model_dir(ctx, ctx.node.inputs[0])
-    model, tokenizer = common.load_model(input_dir)
+    model, tokenizer = common.load_model(input_dir,
+                                         experts_implementation=config["training"].get("experts_implementation"))
     if dense:
         for parameter in model.parameters():
             parameter.requires_grad_(True)

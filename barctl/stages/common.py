@@ -39,19 +39,40 @@ def on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def load_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The checkpoint in float32 (training keeps fp32 master weights; bf16/fp16 run as autocast) and its tokenizer.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_model(model_dir: Path, dtype: torch.dtype = torch.float32, *, experts_implementation: str | None = None,
+               device_map: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The checkpoint (in float32 by default: training keeps fp32 master weights, bf16/fp16 run as autocast) and
+    its tokenizer. `experts_implementation`: transformers' MoE kernel (None: its default); `device_map`: where
+    accelerate places the layers (see `placement`).
 
     A MoE comes back with `output_router_logits` off: TRL's trainers switch it on for their
     own forward passes, and a checkpoint saved with it on makes generation (GRPO's, an
     evaluation's) compute the balancing loss against a cached prompt's mask, and fail.
     """
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    options = {"experts_implementation": experts_implementation} if experts_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=device_map, **options)
     stop_router_logits(model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def trainable_in_fp32(model: PreTrainedModel) -> None:
+    """Hold the trainable parameters in fp32 (the optimiser's master copy) when the model was loaded in bf16/fp16
+    to save memory; under the trainer's autocast the frozen low-precision layers and these mix freely."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+
+
+def placement() -> str | None:
+    """Where a model that runs in barctl's own process (router training, evaluations) goes: spread over every
+    visible GPU by accelerate ("auto"; a 5x7B does not fit one GPU in fp32), or None (the CPU)."""
+    return "auto" if torch.cuda.is_available() else None
 
 
 def stop_router_logits(model: PreTrainedModel) -> None:
@@ -112,9 +133,14 @@ def trl_config(config_cls: type, training: dict[str, Any], output_dir: Path,
             raise BarctlError("training.warmup_ratio must be below 1 (a share of the steps)")
         values["warmup_steps"] = float(training["warmup_ratio"])  # transformers reads a float < 1 as a ratio
     try:
-        return config_cls(**values)
+        config = config_cls(**values)
     except (TypeError, ValueError) as e:
         raise BarctlError(f"training: {config_cls.__name__} rejects these settings: {e}") from None
+    if config.n_gpu > 1:
+        # One process that sees several GPUs: the Trainer would copy the model onto each with nn.DataParallel
+        # (8 x 98 GB for a 5x7B in fp32). barctl places it across them (`placement`) or runs ranks under a launcher.
+        config._n_gpu = 1
+    return config
 
 
 def _check_passthrough(class_name: str, names: set[str], passthrough: dict[str, Any], fixed: set[str]) -> None:
