@@ -129,3 +129,39 @@ def test_writer_rejects_duplicates_and_writes_one_file(tmp_path):
     writer.close()
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
     assert list(load_file(tmp_path / "model.safetensors")) == ["a"]
+
+
+def test_large_export_is_smoke_tested_through_its_first_layer(tmp_path, merged, tok_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "final"
+    export(merged, out, router_file=None, dtype=None, max_shard_bytes=20_000, model_card=CARD, top_k=None)
+    read = []
+    original = CheckpointReader.get
+    monkeypatch.setattr(CheckpointReader, "get", lambda self, name: read.append(name) or original(self, name))
+    result = smoke_test(out, max_new_tokens=3, full_load_bytes=0)
+    assert result["loaded_layers"] == 1
+    assert read and not [name for name in read if name.startswith("model.layers.") and
+                         not name.startswith("model.layers.0.")]  # no other layer's weights were read
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]  # the slice is gone
+    # the slice is the export's first layer: the whole model cut to that layer generates the same tokens
+    model = AutoModelForCausalLM.from_pretrained(out)
+    model.model.layers = model.model.layers[:1]
+    model.config.num_hidden_layers = 1
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 12 + 30?"}], tokenize=False,
+                                           add_generation_prompt=True)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    output = model.generate(**ids, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert result["generated"] == tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_sliced_smoke_test_catches_a_later_layer_that_differs(tmp_path, merged):
+    broken = tmp_path / "broken"
+    export(merged, broken, router_file=None, dtype=None, max_shard_bytes=BIG, model_card=CARD, top_k=None)
+    path = broken / "model.safetensors"
+    tensors = load_file(path)
+    del tensors[MIXTRAL.router_name(1)]
+    save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.raises(BarctlError, match=r"layer 1 of .* differs from layer 0 \(missing: \['block_sparse_moe.gate"):
+        smoke_test(broken, full_load_bytes=0)
