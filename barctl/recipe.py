@@ -423,12 +423,10 @@ def _evals_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
 def _task_field_issues(loaded: LoadedYaml, where: tuple, spec: dict) -> list[Issue]:
     """An lm_eval domain reads its task's data, not a dataset; the task's fields mean nothing to other metrics."""
     if spec.get("metric") == "lm_eval":
-        misplaced = [f for f in ("dataset",) if f in spec]
-        why = "an lm_eval domain reads its task's own data: remove {}"
-    else:
-        misplaced = [f for f in LM_EVAL_FIELDS if f in spec]
-        why = "{} goes with metric lm_eval only"
-    return [loaded.issue(where + (f,), why.format(f), at_key=True) for f in misplaced]
+        return [loaded.issue(where + ("dataset",), "an lm_eval domain reads its task's own data: remove dataset",
+                             at_key=True)] if "dataset" in spec else []
+    return [loaded.issue(where + (f,), f"{f} goes with metric lm_eval only", at_key=True)
+            for f in LM_EVAL_FIELDS if f in spec]
 
 
 def _gates_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
