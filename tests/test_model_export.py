@@ -110,15 +110,20 @@ def test_flex_olmo_export_smoke(tmp_path, tok_dir):
     assert smoke_test(tmp_path / "final", max_new_tokens=2)["generated"] is not None
 
 
-def test_smoke_test_catches_broken_checkpoint(tmp_path, merged):
+def export_without(tmp_path, merged, name: str):
+    """An export of `merged` with the tensor `name` removed."""
     broken = tmp_path / "broken"
     export(merged, broken, router_file=None, dtype=None, max_shard_bytes=BIG, model_card=CARD, top_k=None)
     path = broken / "model.safetensors"
     tensors = load_file(path)
-    del tensors[MIXTRAL.router_name(0)]
+    del tensors[name]
     save_file(tensors, path, metadata={"format": "pt"})
+    return broken
+
+
+def test_smoke_test_catches_broken_checkpoint(tmp_path, merged):
     with pytest.raises(BarctlError, match="missing_keys"):
-        smoke_test(broken)
+        smoke_test(export_without(tmp_path, merged, MIXTRAL.router_name(0)))
 
 
 def test_writer_rejects_duplicates_and_writes_one_file(tmp_path):
@@ -157,11 +162,6 @@ def test_large_export_is_smoke_tested_through_its_first_layer(tmp_path, merged, 
 
 
 def test_sliced_smoke_test_catches_a_later_layer_that_differs(tmp_path, merged):
-    broken = tmp_path / "broken"
-    export(merged, broken, router_file=None, dtype=None, max_shard_bytes=BIG, model_card=CARD, top_k=None)
-    path = broken / "model.safetensors"
-    tensors = load_file(path)
-    del tensors[MIXTRAL.router_name(1)]
-    save_file(tensors, path, metadata={"format": "pt"})
+    broken = export_without(tmp_path, merged, MIXTRAL.router_name(1))
     with pytest.raises(BarctlError, match=r"layer 1 of .* differs from layer 0 \(missing: \['block_sparse_moe.gate"):
         smoke_test(broken, full_load_bytes=0)
