@@ -1,10 +1,14 @@
 """Running a stage through `accelerate launch`: many processes, many nodes, optionally DeepSpeed ZeRO.
 
-`apply` starts `accelerate launch -m barctl.stage_worker --manifest M --node ID` on its
-machine; every process rebuilds the node's context from the manifest and the lockfile, trains
-its share, and the main process saves the model into a path every node derives from the
-project alone (so the other nodes of a multi-node stage can run the same worker command,
-through `python -m barctl.launch M ID` on each of them).
+`apply` writes the node's context, as it keyed and pinned it (the node, its inputs, its
+upstream lock entries, the datasets with hub branches replaced by the planned commits), to
+`.barctl/launched/<node>.context.json`, then starts `accelerate launch -m
+barctl.stage_worker --manifest M --node ID` on its machine. Every process reads that context
+(no rank re-resolves a hub branch or re-hashes a dataset), trains its share, and the main
+process saves the model into a path every node derives from the project alone (so the other
+nodes of a multi-node stage, on the shared project directory, can run the same worker
+command, through `python -m barctl.launch M ID` on each of them). Ranks read the file only
+after they all joined the process group, which apply's own ranks join only once it is written.
 
 Processes: the launcher's `num_processes` counts one node's processes; accelerate takes the
 total, `num_processes x num_machines`. Without a config file that chooses a distributed type,
@@ -20,6 +24,7 @@ of `SLURM_JOB_NODELIST`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -32,6 +37,7 @@ from typing import Any, Mapping
 import yaml
 
 from barctl.errors import BarctlError
+from barctl.lock import atomic_write
 from barctl.nodes import NodeContext
 from barctl.progress import current_mode
 from barctl.recipe import Recipe
@@ -60,6 +66,25 @@ def worker_paths(recipe: Recipe, node_id: str) -> tuple[Path, Path]:
     """
     store = Store(recipe.root)
     return store.state_dir / "launched" / node_id, store.work_dir(node_id)
+
+
+def write_context(ctx: NodeContext) -> Path:
+    """Hand the launched ranks the node's context as apply built it (see the module's docstring)."""
+    path = context_path(ctx.recipe, ctx.node.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    inputs = {node_id: str(path.relative_to(ctx.recipe.root) if path.is_relative_to(ctx.recipe.root) else path)
+              for node_id, path in ctx.inputs.items()}
+    context = {"node": dataclasses.asdict(ctx.node), "inputs": inputs, "upstream": ctx.upstream,
+               "datasets": ctx.recipe.datasets}
+    atomic_write(path, json.dumps(context, indent=1))
+    return path
+
+
+def context_path(recipe: Recipe, node_id: str) -> Path:
+    """Where apply hands a launched stage its context (beside `out`, outside the work directory the
+    main rank may empty)."""
+    out, _ = worker_paths(recipe, node_id)
+    return out.with_name(out.name + ".context.json")
 
 
 def accelerate_command(launcher: dict[str, Any], recipe: Recipe, node_id: str,
@@ -144,6 +169,7 @@ def run_with_accelerate(ctx: NodeContext, launcher: dict[str, Any]) -> dict[str,
     shutil.rmtree(out, ignore_errors=True)
     metrics_file = work / METRICS_FILE
     metrics_file.unlink(missing_ok=True)
+    context = write_context(ctx)
     # On a terminal the main rank draws its own bars there; otherwise its lines become the node's own
     # (printed and logged as apply's), so CI logs and --log-file get the stage's progress.
     forward = current_mode() != "bars"
@@ -161,6 +187,7 @@ def run_with_accelerate(ctx: NodeContext, launcher: dict[str, Any]) -> dict[str,
     out.rmdir()
     metrics = json.loads(metrics_file.read_text())
     metrics_file.unlink()
+    context.unlink()
     return metrics
 
 

@@ -3,7 +3,8 @@
 Usage (built by barctl.launch, not by hand):
     python -m barctl.stage_worker --manifest M --node ID
 
-Every rank loads the project and trains; only the main process (global rank 0) reports
+Every rank reads the node's context that apply wrote (barctl.launch.write_context) and
+trains; only the main process (global rank 0) reports
 progress, saves the model into the launch's output path and writes the metrics. Progress
 comes as apply chose (`BARCTL_PROGRESS`, see barctl.progress): a bar on the terminal apply
 runs in, else plain lines on stdout, which apply reads and reports as the node's own.
@@ -12,13 +13,16 @@ runs in, else plain lines on stdout, which apply reads and reports as the node's
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
-from barctl.launch import METRICS_FILE, die_with_parent, worker_paths
+from barctl.errors import BarctlError
+from barctl.graph import Node
+from barctl.launch import METRICS_FILE, context_path, die_with_parent, worker_paths
 from barctl.nodes import NodeContext
 from barctl.progress import current_mode
-from barctl.project import Project
+from barctl.recipe import load_recipe
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,16 +49,22 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def node_context(manifest: Path, node_id: str, main_process: bool) -> NodeContext:
-    """The stage's context, rebuilt from the manifest and the lockfile; only the main process speaks."""
-    project = Project.load(manifest)
-    node = project.graph[node_id]
-    entries = project.lockfile.entries
-    inputs = {i: project.store.root / entries[i]["artifact"]["path"] for i in node.inputs}
-    out, work = worker_paths(project.recipe, node.id)
+    """The stage's context as apply keyed it (its context file); only the main process speaks."""
+    recipe = load_recipe(manifest)
+    out, work = worker_paths(recipe, node_id)
+    path = context_path(recipe, node_id)
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise BarctlError(f"{node_id}: cannot read the context apply hands its launched ranks ({e}); "
+                          "a launched stage starts from `barctl apply`") from None
+    node = Node(**{**saved["node"], "inputs": tuple(saved["node"]["inputs"])})
+    inputs = {i: recipe.root / path for i, path in saved["inputs"].items()}
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
     say = (lambda message: print(message, flush=True)) if main_process else (lambda message: None)
-    return NodeContext(project.recipe, node, inputs, out, work, say=say)
+    recipe = dataclasses.replace(recipe, datasets=saved["datasets"])  # hub datasets at the planned commits
+    return NodeContext(recipe, node, inputs, out, work, saved["upstream"], say=say)
 
 
 if __name__ == "__main__":

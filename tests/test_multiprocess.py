@@ -119,7 +119,9 @@ def test_deepspeed_zero_keeps_the_anchor_in_the_fp32_master_copy_too(zero_stage,
                                                                      tokenizer_dir):
     """AdamW's weight decay moves the anchor's elements in ZeRO's fp32 master copy (by 3.5e-4 here under
     ZeRO-2 when only the module was restored); ZeRO-3 partitions the parameters themselves."""
-    from barctl.launch import worker_paths
+    from barctl.launch import worker_paths, write_context
+    from barctl.nodes import NodeContext
+    from barctl.project import Project
     from barctl.recipe import load_recipe
 
     manifest = sft_project(tmp_path / "ds", tokenizer_dir, batch_size=2, weight_decay=0.1)
@@ -128,6 +130,11 @@ def test_deepspeed_zero_keeps_the_anchor_in_the_fp32_master_copy_too(zero_stage,
         "train_batch_size": "auto", "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}))
     (tmp_path / "ds" / "accelerate.yaml").write_text(ACCELERATE_DEEPSPEED)
     apply(manifest, "--target", "experts.math.branch")
+    project = Project.load(manifest)  # the probe's ranks read the stage's context as apply would hand it
+    entries = project.lockfile.entries
+    inputs = {i: project.store.root / entries[i]["artifact"]["path"] for i in project.graph[NODE].inputs}
+    write_context(NodeContext(project.recipe, project.graph[NODE], inputs, tmp_path / "unused",
+                              project.store.work_dir(NODE)))
     result = tmp_path / "probe.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     finished = subprocess.run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from barctl.errors import BarctlError
 from tests.projects import make_project, plan_json, tiny_manifest
 
 A, B = "a" * 40, "b" * 40
@@ -81,3 +82,38 @@ def test_runners_read_hub_datasets_at_the_commit_they_were_keyed_with(tmp_path, 
     pinned = recipe_at_commits(recipe, {"chat": {"kind": "hub", "id": "org/chat", "revision": "main", "commit": A}})
     assert pinned.dataset_spec("chat")["revision"] == A
     assert recipe.dataset_spec("chat").get("revision", "main") == "main"  # the recipe itself is untouched
+
+
+def test_launched_ranks_read_the_context_apply_pinned_and_resolve_nothing(tmp_path, tokenizer_dir, hub_cache,
+                                                                          monkeypatch):
+    import barctl.fingerprints
+    import barctl.hub
+    from barctl.hub import recipe_at_commits
+    from barctl.launch import context_path, write_context
+    from barctl.nodes import NodeContext
+    from barctl.project import Project
+    from barctl.stage_worker import node_context
+
+    manifest = _project(tmp_path, tokenizer_dir)
+    _point(hub_cache, "dataset", "org/chat", A)
+    project = Project.load(manifest)
+    node = project.graph["experts.math.sft"]
+    inputs = {i: project.store.root / i for i in node.inputs}
+    upstream = {"experts.math.branch": {"key": project.graph["experts.math.branch"].key}}
+    # as apply builds a launched stage's context
+    write_context(NodeContext(recipe_at_commits(project.recipe, node.data), node, inputs, tmp_path / "staged",
+                              project.store.work_dir(node.id), upstream))
+    _point(hub_cache, "dataset", "org/chat", B)  # the branch moves while the stage runs
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a launched rank resolved a hub branch or hashed a dataset")
+
+    monkeypatch.setattr(barctl.hub, "resolved_commit", refuse)
+    monkeypatch.setattr(barctl.fingerprints, "resolved_commit", refuse)
+    monkeypatch.setattr(barctl.fingerprints.ProjectFingerprints, "dataset", refuse)
+    ctx = node_context(manifest, node.id, main_process=False)
+    assert ctx.node == node and ctx.inputs == inputs and ctx.upstream == upstream
+    assert ctx.recipe.dataset_spec("chat")["revision"] == A
+    context_path(ctx.recipe, node.id).unlink()
+    with pytest.raises(BarctlError, match="cannot read the context apply hands its launched ranks"):
+        node_context(manifest, node.id, main_process=False)
