@@ -3,11 +3,13 @@
 The lockfile is rewritten atomically (temp file, fsync, rename) after every node, so a
 killed apply loses at most the node that was running, and checked whenever it is read.
 The state lock, an OS lock that ends with its process, keeps two applies from writing the
-same lockfile and store at once.
+same lockfile and store at once; on a filesystem without flock (some NFS and FUSE mounts)
+it is a lock file naming its holder instead, with a warning.
 """
 
 from __future__ import annotations
 
+import errno
 import getpass
 import hashlib
 import json
@@ -16,6 +18,7 @@ import re
 import socket
 import tempfile
 import uuid
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -187,6 +190,11 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# errnos of a filesystem that has no flock (ENOTSUP is EOPNOTSUPP on Linux)
+_NO_FLOCK = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+_CONTENTION = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES})
+
+
 class StateLock:
     """An exclusive lock on a project's lockfile and store, naming its holder.
 
@@ -194,23 +202,43 @@ class StateLock:
     holding process ends, however it ends, so a killed apply never leaves the project
     locked. Who holds it (command, pid, host, user, since) is kept next to it, in
     `.barctl/state.holder`, for the message a second apply gets.
+
+    Where the filesystem has no flock, it is filelock's SoftFileLock on
+    `.barctl/state.softlock` instead (with a warning): a file created exclusively that
+    records the holder's pid and host. A holder killed on this host is found dead and its
+    lock taken over; one on another host cannot be checked from here, so the message
+    names `barctl force-unlock`. Every machine sharing a project must then see the same
+    filesystem behaviour.
     """
 
     def __init__(self, state_dir: Path):
         self.path = state_dir / "state.lock"
+        self.soft_path = state_dir / "state.softlock"
         self.holder_path = state_dir / "state.holder"
         self.info: dict[str, Any] | None = None
         self._lock: Any = None
 
-    def acquire(self, command: str) -> dict[str, Any]:
-        from filelock import FileLock, Timeout
+    def _file_lock(self) -> tuple[Any, bool]:
+        """(a filelock lock with timeout 0, whether it is the soft lock of a filesystem without flock)."""
+        from filelock import FileLock, SoftFileLock
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.path), timeout=0)
+        missing = no_flock(self.path)
+        if missing is None:
+            return FileLock(str(self.path), timeout=0), False
+        warnings.warn(f"{self.path.parent} is on a filesystem without flock ({missing.strerror}): the state lock "
+                      f"is the lock file {self.soft_path.name}, which names its holder; a holder killed on another "
+                      "host is not detected (barctl force-unlock clears it)", RuntimeWarning, stacklevel=3)
+        return SoftFileLock(str(self.soft_path), timeout=0), True
+
+    def acquire(self, command: str) -> dict[str, Any]:
+        from filelock import Timeout
+
+        lock, soft = self._file_lock()
         try:
             lock.acquire()
         except Timeout:
-            raise BarctlError(held_message(self.holder_path)) from None
+            raise BarctlError(held_message(self.holder_path, soft)) from None
         info = {
             "id": str(uuid.uuid4()),
             "command": command,
@@ -246,12 +274,37 @@ def read_holder(path: Path) -> dict[str, Any] | None:
     return holder if isinstance(holder, dict) else {"id": "unreadable"}
 
 
-def held_message(holder_path: Path) -> str:
+def no_flock(path: Path) -> OSError | None:
+    """The error flock gives on `path` (created if absent) where its filesystem has no flock; else None."""
+    try:
+        import fcntl
+    except ImportError:  # not Unix: filelock's native lock needs no flock
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released with the descriptor, not the holder's
+    except OSError as e:
+        if e.errno in _NO_FLOCK:
+            return e
+        if e.errno not in _CONTENTION:
+            raise
+    finally:
+        os.close(fd)
+    return None
+
+
+def held_message(holder_path: Path, soft: bool = False) -> str:
     holder = read_holder(holder_path) or {}
     who = (
         f"{holder.get('command', 'barctl')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
         f"user {holder.get('user', '?')}) since {holder.get('since', '?')}"
     )
+    if soft:
+        return (
+            f"the project's state is locked by {who}.\nThis filesystem has no flock: a holder on this host is "
+            "running; one on another host cannot be checked from here, and if it is gone, "
+            f"`barctl force-unlock {holder.get('id', '?')}` clears its lock"
+        )
     return (
         f"the project's state is locked by {who}, which is still running.\n"
         "Wait for it to finish, or stop it: the lock is released when that process ends"
@@ -261,9 +314,10 @@ def held_message(holder_path: Path) -> str:
 def force_unlock(state_dir: Path, lock_id: str) -> dict[str, Any]:
     """Clear the record of a state lock whose holder is gone; refused while the holder runs.
 
-    The OS lock itself needs no clearing: it ends with its process.
+    The OS lock itself needs no clearing: it ends with its process. Without flock, the
+    lock file of a holder on another host (which cannot be checked from here) is removed.
     """
-    from filelock import FileLock, Timeout
+    from filelock import Timeout
 
     lock = StateLock(state_dir)
     holder = read_holder(lock.holder_path)
@@ -271,11 +325,15 @@ def force_unlock(state_dir: Path, lock_id: str) -> dict[str, Any]:
         raise BarctlError("the project's state is not locked")
     if holder.get("id") not in (lock_id, "unreadable"):
         raise BarctlError(f"the state lock's id is {holder.get('id')}, not {lock_id}")
-    probe = FileLock(str(lock.path), timeout=0)
+    probe, soft = lock._file_lock()
     try:
         probe.acquire()
     except Timeout:
-        raise BarctlError(held_message(lock.holder_path) + "; force-unlock does not take a live lock") from None
+        if not soft or holder.get("host") == socket.gethostname():
+            raise BarctlError(held_message(lock.holder_path) + "; force-unlock does not take a live lock") from None
+        lock.soft_path.unlink(missing_ok=True)  # the user vouches that the holder on the other host is gone
+        lock.holder_path.unlink(missing_ok=True)
+        return holder
     try:
         lock.holder_path.unlink(missing_ok=True)
     finally:
