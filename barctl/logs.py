@@ -32,10 +32,10 @@ PROGRESS = "barctl.progress"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup(verbosity: int, log_file: Path | None, console: Console | None = None) -> None:
+def setup(verbosity: int, log_file: Path | None, terminal: Console | None = None) -> None:
     """Configure the root logger: `verbosity` -1 (-q), 0, 1 (-v) or 2 (-vv); `log_file` gets everything.
 
-    Progress (barctl.progress) draws bars on `console` when stdout is a terminal."""
+    Progress (barctl.progress) draws its bars on the `terminal` console when stdout is a terminal."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_barctl", False)]:
         root.removeHandler(handler)
@@ -59,7 +59,7 @@ def setup(verbosity: int, log_file: Path | None, console: Console | None = None)
     # swapped back by warnings.catch_warnings while logging still believes it captures.
     logging.captureWarnings(False)
     logging.captureWarnings(True)
-    progress.choose(verbosity, console)
+    progress.choose(verbosity, terminal)
 
 
 class _Stderr(logging.StreamHandler):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Self, TypeVar
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 ENV = "BARCTL_PROGRESS"
 MODES = ("bars", "lines", "off")
@@ -69,7 +70,8 @@ class Steps:
         self.mode = current_mode() if mode is None else mode
         self.console = console if console is not None else _console
         self.total, self.reported, self.next_line, self.every = 0, 0, 1, 1
-        self._bar = self._task = None
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
 
     def start(self, total: int) -> Self:
         self.total = total
@@ -78,15 +80,16 @@ class Steps:
         if self.mode == "bars" and self._bar is None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._bar = Progress(TextColumn(INDENT + "{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn(self.unit), TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
-                                 console=self.console)
-            self._task = self._bar.add_task(self.label, total=total, detail="")
-            self._bar.start()
+            bar = Progress(TextColumn(INDENT + "{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn(self.unit), TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                           console=self.console)
+            self._task = bar.add_task(self.label, total=total, detail="")
+            bar.start()
+            self._bar = bar
         return self
 
     def update(self, done: int, detail: str = "") -> None:
-        if self._bar is not None:
+        if self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=done, detail=detail)
         if done <= self.reported or (done < self.next_line and done < self.total):
             return
