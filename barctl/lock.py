@@ -13,12 +13,12 @@ import errno
 import getpass
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
 import tempfile
 import uuid
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -226,9 +226,10 @@ class StateLock:
         missing = no_flock(self.path)
         if missing is None:
             return FileLock(str(self.path), timeout=0), False
-        warnings.warn(f"{self.path.parent} is on a filesystem without flock ({missing.strerror}): the state lock "
-                      f"is the lock file {self.soft_path.name}, which names its holder; a holder killed on another "
-                      "host is not detected (barctl force-unlock clears it)", RuntimeWarning, stacklevel=3)
+        logging.getLogger(__name__).warning(
+            "%s is on a filesystem without flock (%s): the state lock is the lock file %s, which names its "
+            "holder; a holder killed on another host is not detected (barctl force-unlock clears it)",
+            self.path.parent, missing.strerror, self.soft_path.name)
         return SoftFileLock(str(self.soft_path), timeout=0), True
 
     def acquire(self, command: str) -> dict[str, Any]:

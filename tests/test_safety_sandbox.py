@@ -82,9 +82,7 @@ def test_no_preexec_fn_runs_in_the_caller(monkeypatch):
 
 
 
-def test_without_namespaces_model_code_is_refused_unless_the_manifest_allows_it(monkeypatch):
-    import warnings
-
+def test_without_namespaces_model_code_is_refused_unless_the_manifest_allows_it(monkeypatch, caplog):
     from barctl.errors import BarctlError
 
     monkeypatch.setattr(sandbox, "namespaces_available", lambda: False)
@@ -92,10 +90,10 @@ def test_without_namespaces_model_code_is_refused_unless_the_manifest_allows_it(
     with pytest.raises(BarctlError, match="cannot isolate model-written code here"):
         run_python("print(1)")
     monkeypatch.setenv(sandbox.UNISOLATED_ENV, "1")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    for _ in range(2):  # every run warns, on barctl's logger (the CLI shows its warnings)
         assert run_python("print(1)").stdout == "1\n"
-    assert any("WITHOUT filesystem isolation" in str(w.message) for w in caught)
+    warned = [r for r in caplog.records if r.name == "barctl.rewards.sandbox" and r.levelname == "WARNING"]
+    assert len(warned) == 2 and "WITHOUT filesystem isolation" in warned[0].getMessage()
 
 
 def test_plan_refuses_code_tests_without_isolation_at_its_line(tmp_path, tokenizer_dir, monkeypatch):

@@ -42,6 +42,7 @@ process is killed.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import selectors
@@ -51,7 +52,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,9 +114,9 @@ def _mode() -> tuple[bool, bool]:
     nobody = _is_root() and _unprivileged_works()
     who = ("as root: it can read every file and signal other processes" if _is_root() and not nobody
            else "as the unprivileged user nobody" if nobody else "as the calling user")
-    warnings.warn("model-written code runs WITHOUT filesystem isolation (no user namespaces here; the "
-                  f"manifest allows it with sandbox.isolation: best_effort), {who}: only the limits and the "
-                  "seccomp filter hold it", RuntimeWarning, stacklevel=3)
+    logging.getLogger(__name__).warning(
+        "model-written code runs WITHOUT filesystem isolation (no user namespaces here; the manifest allows it "
+        "with sandbox.isolation: best_effort), %s: only the limits and the seccomp filter hold it", who)
     probe = _run("", False, nobody, 30, 512, _CHUNK)
     if not probe.ok:
         raise BarctlError(f"cannot start the code sandbox: {probe.reason}: {probe.stderr.strip()}")
