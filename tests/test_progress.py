@@ -75,8 +75,10 @@ def test_setup_chooses_lines_outside_a_terminal_and_keeps_it_for_launched_ranks(
     assert current_mode() == "lines"
     assert os.environ[ENV] == "lines"
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
-    setup(1, None)
+    terminal = Console(file=io.StringIO(), force_terminal=True)
+    setup(1, None, terminal)
     assert current_mode() == "bars"
+    assert Steps("merging", "tensors", print).console is terminal  # the CLI's console: its lines land above a bar
 
 
 def drive(callback: Progress, steps: int, rank_zero: bool = True) -> None:
