@@ -247,7 +247,7 @@ def _add_evals(b: "_Builder", recipe: Recipe, fingerprints: "Fingerprints", base
                         for name, d in sorted(evaluated.items()) if d["metric"] == "lm_eval"}
 
     nodes = []
-    for node_id, model in evaluated_models(recipe):
+    for node_id, model in evaluated_models(recipe) + baseline_evaluations(recipe):
         config: dict[str, Any] = {"model": model, "domains": domains}
         if recipe.evals["precision"] != "fp32":  # fp32 evaluations keep the keys they had before the setting
             config["precision"] = recipe.evals["precision"]
@@ -276,14 +276,18 @@ def evaluated_models(recipe: Recipe) -> list[tuple[str, str]]:
         pairs += [(f"eval.experts.{e.name}", f"experts.{e.name}") for e in recipe.experts]
     if "merged" in models:
         pairs.append(("eval.merged", "merged"))
-    if recipe.evals:
-        pairs += [(f"eval.{name}", name) for name in recipe.baselines]
     return pairs
+
+
+def baseline_evaluations(recipe: Recipe) -> list[tuple[str, str]]:
+    """(node id, baseline) for every evaluated baseline: extra rows of the table, which gates do not judge."""
+    return [(f"eval.{name}", name) for name in recipe.baselines] if recipe.evals else []
 
 
 def eval_node_ids(recipe: Recipe) -> list[str]:
     """The evaluation nodes (and the gates) of a recipe: `barctl eval`'s targets."""
-    return [node_id for node_id, _ in evaluated_models(recipe)] + (["gates"] if recipe.gates else [])
+    return [node_id for node_id, _ in evaluated_models(recipe) + baseline_evaluations(recipe)] \
+        + (["gates"] if recipe.gates else [])
 
 
 def stage_config(stage: Stage) -> dict[str, Any]:

@@ -9,6 +9,7 @@ initializer_range) from `seed`: the router node initialises and trains it as BAR
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -24,9 +25,10 @@ def merge_dense(anchor_dir: Path, expert_dirs: list[Path], out_dir: Path, *, top
     """The BTX MoE of the anchor and its dense experts, written to `out_dir`."""
     if not expert_dirs:
         raise BarctlError("the BTX merge needs at least one expert")
-    with CheckpointReader(anchor_dir) as anchor:
+    with ExitStack() as stack:
+        anchor = stack.enter_context(CheckpointReader(anchor_dir))
         family = family_for(anchor.config)
-        experts = [CheckpointReader(d) for d in expert_dirs]
+        experts = [stack.enter_context(CheckpointReader(d)) for d in expert_dirs]
         for expert in experts:
             _check_dense_expert(anchor, expert)
         writer = ShardedWriter(out_dir, max_shard_bytes)
@@ -49,8 +51,6 @@ def merge_dense(anchor_dir: Path, expert_dirs: list[Path], out_dir: Path, *, top
         for name, router in router_init(family, anchor.config, num_experts, seed, ffn_dtype).items():
             writer.add(name, router)
         writer.close()
-        for expert in experts:
-            expert.close()
         write_config(out_dir, family.moe_config(anchor.config, num_experts=num_experts, top_k=top_k))
         copy_side_files(anchor_dir, out_dir)
     return {"num_experts": num_experts, "top_k": top_k, "shared": "average over the dense experts",
