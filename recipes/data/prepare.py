@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Deterministic training and evaluation data for the SmolLM2 four-expert demo recipe.
+"""Deterministic training and evaluation data for the SmolLM2 demo recipe and the end-to-end tests.
 
     python recipes/data/prepare.py [--out DIR]      # default: recipes/data/smollm2/
 
