@@ -16,9 +16,9 @@ from barctl import __version__
 from barctl.errors import BarctlError, ManifestError
 
 if TYPE_CHECKING:
-    from barctl.apply import ApplyResult
-    from barctl.plan import Plan
-    from barctl.project import Project
+    from barctl.engine.apply import ApplyResult
+    from barctl.engine.plan import Plan
+    from barctl.engine.project import Project
 
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -103,7 +103,7 @@ def main(verbose: int, quiet: bool, log_file: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def validate(manifest: Path, as_json: bool) -> None:
     """Check a manifest and report every problem at once, with its YAML path and line."""
-    from barctl.recipe import load_recipe
+    from barctl.manifest.recipe import load_recipe
 
     try:
         recipe = load_recipe(manifest)
@@ -133,7 +133,7 @@ def validate(manifest: Path, as_json: bool) -> None:
 def plan(manifest: Path, out: Path | None, targets: tuple[str, ...], replace: tuple[str, ...],
          detailed_exitcode: bool, as_json: bool) -> None:
     """Show what apply would build, rebuild, repair or remove, and why."""
-    from barctl.project import Project
+    from barctl.engine.project import Project
     from barctl.render import print_plan
 
     project = Project.load(manifest)
@@ -164,7 +164,7 @@ def plan(manifest: Path, out: Path | None, targets: tuple[str, ...], replace: tu
 def apply(target: Path, auto_approve: bool, targets: tuple[str, ...], replace: tuple[str, ...],
           as_json: bool, push: bool) -> None:
     """Build what the plan says: TARGET is a manifest, or a plan saved with `plan --out`."""
-    from barctl.recipe import load_recipe
+    from barctl.manifest.recipe import load_recipe
     from barctl.render import apply_summary
 
     saved = _saved_plan(target)
@@ -186,9 +186,9 @@ def apply(target: Path, auto_approve: bool, targets: tuple[str, ...], replace: t
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 def evaluate(manifest: Path, auto_approve: bool, as_json: bool) -> None:
     """Run the manifest's evaluations (building what they need) and print the table."""
-    from barctl.graph import eval_node_ids
-    from barctl.recipe import load_recipe
-    from barctl.results import eval_intervals, eval_scores, routing_report, small_sample_warning
+    from barctl.engine.graph import eval_node_ids
+    from barctl.evaluate.results import eval_intervals, eval_scores, routing_report, small_sample_warning
+    from barctl.manifest.recipe import load_recipe
 
     recipe = load_recipe(manifest)
     if not recipe.evals:
@@ -208,9 +208,9 @@ def evaluate(manifest: Path, auto_approve: bool, as_json: bool) -> None:
 def _apply(manifest: Path, saved: "Plan | None", targets: list[str], replace: list[str], auto_approve: bool,
            quiet: bool, push: bool = False) -> "tuple[Project, ApplyResult]":
     """Plan (or take the saved plan), ask, run; print the evaluations (also when a node failed)."""
-    from barctl.apply import ApplyResult, apply_plan, check_plan_is_current
-    from barctl.lock import StateLock
-    from barctl.project import Project
+    from barctl.engine.apply import ApplyResult, apply_plan, check_plan_is_current
+    from barctl.engine.lock import StateLock
+    from barctl.engine.project import Project
     from barctl.logs import LoggedReporter
     from barctl.render import ConsoleReporter, print_plan
 
@@ -263,7 +263,7 @@ def _print_evaluations(project: "Project", only_if_run: "Plan | None" = None) ->
 
 def _saved_plan(target: Path):
     """The plan saved in `target`, or None when `target` is a manifest."""
-    from barctl.plan import Plan
+    from barctl.engine.plan import Plan
 
     if not target.is_file():
         raise BarctlError(f"no such file: {target}")
@@ -285,8 +285,8 @@ def _ask_approval() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the lockfile's entries as JSON.")
 def show(manifest: Path, as_json: bool) -> None:
     """Show what is built: the lockfile, readably."""
-    from barctl.lock import Lockfile
-    from barctl.recipe import load_recipe
+    from barctl.engine.lock import Lockfile
+    from barctl.manifest.recipe import load_recipe
     from barctl.render import print_lock
 
     recipe = load_recipe(manifest)
@@ -304,7 +304,7 @@ def show(manifest: Path, as_json: bool) -> None:
               show_default=True, help="Graph language.")
 def graph(manifest: Path, fmt: str) -> None:
     """Print the build graph as mermaid or graphviz dot."""
-    from barctl.project import Project
+    from barctl.engine.project import Project
     from barctl.render import graph_text
 
     click.echo(graph_text(Project.load(manifest).graph, fmt))
@@ -328,8 +328,8 @@ def init(directory: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
 def gc(manifest: Path, as_json: bool) -> None:
     """Remove artifacts of the local store that no lockfile entry references."""
-    from barctl.lock import StateLock
-    from barctl.project import Project
+    from barctl.engine.lock import StateLock
+    from barctl.engine.project import Project
     from barctl.render import human_size
 
     with StateLock(manifest.resolve().parent / ".barctl") as state:
@@ -348,7 +348,7 @@ def gc(manifest: Path, as_json: bool) -> None:
               show_default=True, help="The directory of the manifest.")
 def force_unlock(lock_id: str, project_dir: Path) -> None:
     """Release the state lock left by a killed apply (LOCK_ID is printed in the error)."""
-    from barctl.lock import force_unlock as unlock
+    from barctl.engine.lock import force_unlock as unlock
 
     holder = unlock(project_dir / ".barctl", lock_id)
     console.print(f"Released the state lock held by {holder.get('command', '?')} since {holder.get('since', '?')}.")

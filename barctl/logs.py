@@ -26,7 +26,7 @@ from barctl import progress
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from barctl.plan import Action
+    from barctl.engine.plan import Action
 
 PROGRESS = "barctl.progress"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -141,7 +141,7 @@ class NodeClock:
     `node 3 of 8, 0m35s elapsed, about 4m10s left`.
 
     The time left sums the planned nodes not finished yet, each estimated from the finished ones: a
-    node that trains and has a FLOPs estimate in the plan (barctl.cost) at the seconds per FLOP the
+    node that trains and has a FLOPs estimate in the plan (barctl.engine.cost) at the seconds per FLOP the
     finished such nodes took; any other node at the mean time of the finished nodes of its sort
     (training or not), else of all of them. While nothing can be estimated so, nothing is said.
     """
@@ -181,7 +181,7 @@ class NodeClock:
 class LoggedReporter:
     """Writes every node event to the `barctl.progress` log (for --log-file) and passes it on to the
     terminal's reporter, if any, with the node's position: `node i of N`, the elapsed time and the time
-    left. `costs` are the plan's estimates of its training nodes (barctl.cost)."""
+    left. `costs` are the plan's estimates of its training nodes (barctl.engine.cost)."""
 
     def __init__(self, planned: Sequence[str], terminal: Any = None,
                  costs: Mapping[str, Mapping[str, Any]] | None = None):

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from barctl.graph import Graph
-from barctl.plan import Action, Plan
+from barctl.engine.graph import Graph
+from barctl.engine.plan import Action, Plan
 
 SYMBOLS = {"create": ("+", "green"), "rebuild": ("-/+", "yellow"), "replace": ("-/+", "yellow"),
            "repair": ("~", "cyan"), "remove": ("-", "red")}
@@ -57,8 +57,8 @@ def cost_text(cost: dict[str, Any]) -> str:
 
 
 def memory_text(estimate: dict[str, Any]) -> str:
-    """A node's estimated peak memory and its parts (barctl.memory)."""
-    from barctl.memory import GIB, breakdown
+    """A node's estimated peak memory and its parts (barctl.engine.memory)."""
+    from barctl.engine.memory import GIB, breakdown
 
     who = "per process" if estimate["per"] == "process" else "in all"
     return f"peak memory about {estimate['total'] / GIB:.1f} GiB {who} ({breakdown(estimate)})"
@@ -154,7 +154,7 @@ def print_evaluations(console: Console, domains: list[str], slots: list[str],
                       entries: dict[str, dict[str, Any]]) -> None:
     """BAR's table (models as rows, domains and their average as columns, each score with its 95% interval),
     the routing report, and a warning when the evaluation sets are too small to tell experts from the anchor."""
-    from barctl.results import AVERAGE, eval_intervals, eval_scores, routing_report, small_sample_warning
+    from barctl.evaluate.results import AVERAGE, eval_intervals, eval_scores, routing_report, small_sample_warning
 
     scores = eval_scores(entries, slots[1:])
     if not scores:

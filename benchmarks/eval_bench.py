@@ -71,7 +71,7 @@ def main() -> int:
     import torch
 
     from barctl.evaluate.generate import encode_prompt, generate
-    from barctl.stages.common import load_model
+    from barctl.training.common import load_model
 
     torch.set_num_threads(1)
     model, tokenizer = load_model(args.model)

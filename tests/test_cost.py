@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from barctl.cost import compute_parameters, mix_rows, training_tokens
+from barctl.engine.cost import compute_parameters, mix_rows, training_tokens
 from tests.projects import apply, barctl, make_project, tiny_manifest, write_manifest
 
 pytestmark = pytest.mark.usefixtures("one_thread")

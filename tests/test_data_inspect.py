@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from barctl.data.inspect import check_dataset
+from barctl.data.spec_check import check_dataset
 
 CHAT = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
 
@@ -249,7 +249,7 @@ def test_hub_datasets_are_not_checked():
 
 def test_import_is_light():
     code = (
-        "import barctl.data.inspect, sys; "
+        "import barctl.data.spec_check, sys; "
         "heavy = {'torch', 'datasets', 'pyarrow'} & set(sys.modules); assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)

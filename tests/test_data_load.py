@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from barctl.data.inspect import check_dataset
 from barctl.data.load import load_dataset_spec
+from barctl.data.spec_check import check_dataset
 from barctl.errors import BarctlError
 
 CHAT = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]

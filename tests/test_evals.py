@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
+from barctl.evaluate.gate_rules import gate_failures
 from barctl.evaluate.intervals import wilson
-from barctl.gates import gate_failures
-from barctl.recipe import load_recipe
-from barctl.results import eval_intervals, eval_scores, small_sample_warning
+from barctl.evaluate.results import eval_intervals, eval_scores, small_sample_warning
+from barctl.manifest.recipe import load_recipe
 from tests.projects import apply, barctl, changed, make_project, plan_json, tiny_manifest, write_manifest
 
 CHATS = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
@@ -168,10 +168,10 @@ def test_printed_table_keeps_every_interval_readable_and_warns_when_samples_are_
 
 
 def test_older_evaluations_rebuild_with_the_reason(built, monkeypatch):
-    import barctl.graph
+    import barctl.engine.graph
 
     manifest, _ = built
-    monkeypatch.setitem(barctl.graph.KIND_VERSIONS, "eval", barctl.graph.KIND_VERSIONS["eval"] + 1)
+    monkeypatch.setitem(barctl.engine.graph.KIND_VERSIONS, "eval", barctl.engine.graph.KIND_VERSIONS["eval"] + 1)
     actions = plan_json(manifest)
     assert all(actions[node]["action"] == "rebuild" for node in ("eval.anchor", "eval.merged"))
     assert any("version" in reason for reason in actions["eval.merged"]["reasons"]), actions["eval.merged"]

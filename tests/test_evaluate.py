@@ -7,7 +7,9 @@ import torch.nn.functional as F
 
 import barctl.evaluate.metrics as metrics
 from barctl.errors import BarctlError
-from barctl.evaluate import evaluate_domain, generate, render_prompt, routing_shares
+from barctl.evaluate.generate import generate, render_prompt
+from barctl.evaluate.metrics import evaluate_domain
+from barctl.evaluate.routing import routing_shares
 from tests.helpers import TINY_CONFIG
 
 CHAT = [{"role": "user", "content": "What is 12 + 30?"}]
@@ -22,8 +24,16 @@ def tokenizer(tokenizer_dir):
 
 
 def tiny_model(tokenizer, family="llama", **overrides):
-    from transformers import FlexOlmoConfig, FlexOlmoForCausalLM, LlamaConfig, LlamaForCausalLM
-    from transformers import MixtralConfig, MixtralForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+    from transformers import (
+        FlexOlmoConfig,
+        FlexOlmoForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MixtralConfig,
+        MixtralForCausalLM,
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
+    )
 
     config_cls, model_cls = {
         "llama": (LlamaConfig, LlamaForCausalLM),

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from barctl.errors import BarctlError
-from barctl.model.branch import branch
 from barctl.model.freezing import (
     AnchorGuard,
     anchor_slot,
@@ -18,6 +17,7 @@ from barctl.model.freezing import (
     tied_note,
     trainable_parameter_count,
 )
+from barctl.model.upcycle import branch
 from tests.helpers import make_dense_checkpoint
 
 VARIANTS = {

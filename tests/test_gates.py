@@ -8,8 +8,8 @@ import re
 import pytest
 import yaml
 
-from barctl.gates import gate_failures
-from barctl.recipe import _build_gate
+from barctl.evaluate.gate_rules import gate_failures
+from barctl.manifest.recipe import _build_gate
 from tests.projects import barctl, write_manifest
 from tests.test_evals import EVALS, evaluated_project
 

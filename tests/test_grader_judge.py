@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from barctl.errors import BarctlError
-from barctl.rewards import resolve
-from barctl.rewards import symbolic
+from barctl.rewards import resolve, symbolic
 from tests.projects import barctl, make_project, tiny_manifest
 
 REPLIES = ["I can't help with that.", "Sure, here is how.", "The capital is Paris.", "No.", "Step 1: mix.", "Hm."]
@@ -151,7 +150,7 @@ def test_plan_refuses_judges_that_cannot_run(tmp_path, tokenizer_dir, classifier
 
 def test_plan_names_the_math_extra_when_math_verify_is_missing(tmp_path, tokenizer_dir, monkeypatch):
     monkeypatch.setattr(symbolic, "available", lambda: False)
-    monkeypatch.setattr("barctl.rewards.checks.available", lambda: False)
+    monkeypatch.setattr("barctl.rewards.grader_checks.available", lambda: False)
     manifest = project(tmp_path, tokenizer_dir, [{"name": "math_verify"}],
                        {"safety": {"dataset": "safety", "metric": "refusal"}})
     output = plan_errors(manifest)

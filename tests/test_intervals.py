@@ -9,7 +9,7 @@ import pytest
 
 from barctl.errors import BarctlError
 from barctl.evaluate.intervals import average_interval, bootstrap, score_interval, wilson
-from barctl.results import indistinct_experts, overlap, small_sample_warning
+from barctl.evaluate.results import indistinct_experts, overlap, small_sample_warning
 
 
 def test_wilson_matches_a_hand_computed_interval():

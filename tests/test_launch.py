@@ -7,10 +7,9 @@ import sys
 import pytest
 
 from barctl.errors import BarctlError
-from barctl.launch import accelerate_command, main, stage_launcher, worker_paths
-from barctl.recipe import load_recipe
+from barctl.manifest.recipe import load_recipe
+from barctl.training.launch import accelerate_command, main, stage_launcher, worker_paths
 from tests.projects import make_project, tiny_manifest
-
 
 CHAT = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 
@@ -26,7 +25,7 @@ def launch_recipe(tmp_path, tokenizer_dir, launcher: dict):
 
 
 def worker(tmp_path) -> list[str]:
-    return ["-m", "barctl.stage_worker", "--manifest", str(tmp_path / "bar.yaml"), "--node", "experts.code.sft"]
+    return ["-m", "barctl.training.worker", "--manifest", str(tmp_path / "bar.yaml"), "--node", "experts.code.sft"]
 
 
 def test_a_deepspeed_launch_on_two_slurm_nodes_passes_the_total_and_the_nodes_rendezvous(tmp_path, tokenizer_dir):
@@ -95,7 +94,7 @@ def test_launch_prints_this_nodes_command(tmp_path, tokenizer_dir, monkeypatch, 
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SLURM_NODEID", "1")
     main([str(tmp_path / "bar.yaml"), "experts.code.sft", "--print"])
-    assert "--machine_rank 1 --main_process_ip head -m barctl.stage_worker" in capsys.readouterr().out
+    assert "--machine_rank 1 --main_process_ip head -m barctl.training.worker" in capsys.readouterr().out
     main([str(tmp_path / "bar.yaml"), "experts.code.sft", "--print", "--machine-rank", "0"])
     assert "--machine_rank 0 " in capsys.readouterr().out
     with pytest.raises(SystemExit, match="error: 'experts.code.dpo' is not a training stage"):
@@ -110,7 +109,7 @@ def test_launch_refuses_a_stage_that_runs_in_process(tmp_path, tokenizer_dir):
 
 def test_the_launcher_is_not_part_of_the_key(tmp_path, tokenizer_dir):
     """Moving a stage from a laptop to a cluster must not rebuild it."""
-    from barctl.project import Project
+    from barctl.engine.project import Project
 
     (tmp_path / "chat.jsonl").write_text(
         '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
@@ -134,7 +133,7 @@ def test_a_launched_process_dies_with_its_parent(tmp_path):
     child_pid = tmp_path / "child.pid"
     parent = subprocess.Popen([sys.executable, "-c", (
         "import subprocess, sys, time\n"
-        "from barctl.launch import die_with_parent\n"
+        "from barctl.training.launch import die_with_parent\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], preexec_fn=die_with_parent)\n"
         f"open({str(child_pid)!r}, 'w').write(str(child.pid))\n"
         "time.sleep(60)\n")])

@@ -91,14 +91,14 @@ def report_to_manifest(project_wide=None, stage=None, router=None, learning_rate
 @pytest.fixture
 def installed_integrations(monkeypatch):
     """Every report_to integration counts as installed (their packages are optional and absent here)."""
-    from barctl import checks
+    from barctl.engine import preflight
 
-    monkeypatch.setattr(checks, "REPORT_TO_PACKAGES", dict.fromkeys(["tensorboard", "wandb", "trackio"],
+    monkeypatch.setattr(preflight, "REPORT_TO_PACKAGES", dict.fromkeys(["tensorboard", "wandb", "trackio"],
                                                                            ("json",)))
 
 
 def test_report_to_reaches_the_stages_but_not_their_keys(tmp_path, tokenizer_dir, installed_integrations):
-    from barctl.project import Project
+    from barctl.engine.project import Project
 
     (tmp_path / "chat.jsonl").write_text(
         '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
@@ -121,9 +121,9 @@ def test_report_to_reaches_the_stages_but_not_their_keys(tmp_path, tokenizer_dir
 
 
 def test_report_to_without_its_package_is_refused_at_plan_with_its_line(tmp_path, tokenizer_dir, monkeypatch):
-    from barctl import checks
+    from barctl.engine import preflight
 
-    monkeypatch.setattr(checks, "REPORT_TO_PACKAGES", {"wandb": ("no_such_package_for_barctl",)})
+    monkeypatch.setattr(preflight, "REPORT_TO_PACKAGES", {"wandb": ("no_such_package_for_barctl",)})
     (tmp_path / "chat.jsonl").write_text(
         '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
     path = make_project(tmp_path, tokenizer_dir, report_to_manifest(project_wide="wandb", stage="wandb"))
@@ -154,8 +154,8 @@ def test_a_misspelt_report_to_is_refused_with_its_line_and_a_hint(tmp_path, toke
 def test_report_to_sets_the_trl_config_and_trl_passthrough_may_not(tmp_path):
     from trl import SFTConfig
 
-    from barctl.stages.common import trl_config
-    from barctl.trl_fields import passthrough_problems
+    from barctl.training.common import trl_config
+    from barctl.training.trl_fields import passthrough_problems
 
     assert trl_config(SFTConfig, {"report_to": ["tensorboard", "wandb"]}, tmp_path).report_to == ["tensorboard", "wandb"]
     assert trl_config(SFTConfig, {}, tmp_path).report_to == []  # none

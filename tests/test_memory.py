@@ -1,10 +1,18 @@
-"""barctl.memory: peak-memory estimates from the config alone, checked against hand-computed values at the
+"""barctl.engine.memory: peak-memory estimates from the config alone, checked against hand-computed values at the
 OLMo 2 7B shape and against what a tiny model really allocates."""
 
 from __future__ import annotations
 
-from barctl.memory import (Visible, activation_bytes, dense_parameters, eval_memory, kv_cache_bytes,
-                           needed_per_device, total_parameters, training_memory)
+from barctl.engine.memory import (
+    Visible,
+    activation_bytes,
+    dense_parameters,
+    eval_memory,
+    kv_cache_bytes,
+    needed_per_device,
+    total_parameters,
+    training_memory,
+)
 from barctl.model.families import FLEX_OLMO
 from tests.test_recipe_olmo2 import OLMO2_7B_CONFIG
 
@@ -97,8 +105,8 @@ def test_estimate_bounds_a_tiny_models_real_allocations(tmp_path, tokenizer_dir)
     import torch
     from transformers import AutoModelForCausalLM
 
-    from barctl.model.branch import branch
     from barctl.model.freezing import apply_trainable
+    from barctl.model.upcycle import branch
     from tests.helpers import make_dense_checkpoint
 
     anchor = make_dense_checkpoint(tmp_path / "anchor", tokenizer_dir=tokenizer_dir, hidden_size=64,
@@ -142,7 +150,7 @@ def test_plan_shows_each_nodes_memory_and_warns_where_it_does_not_fit(tmp_path, 
 
     import yaml
 
-    from barctl import memory
+    from barctl.engine import memory
     from tests.projects import barctl, write_manifest
     from tests.test_cost import costed_project
 

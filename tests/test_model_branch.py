@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from barctl.errors import BarctlError
-from barctl.model.branch import branch
 from barctl.model.checkpoint import CheckpointReader
 from barctl.model.families import FLEX_OLMO, MIXTRAL, PROJS
+from barctl.model.upcycle import branch
 from tests.helpers import TINY_CONFIG, make_dense_checkpoint, make_tokenizer_dir, model_logits
 
 BIG = 1 << 30

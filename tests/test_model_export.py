@@ -5,12 +5,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from barctl.errors import BarctlError
-from barctl.model.branch import branch
 from barctl.model.checkpoint import CheckpointReader, ShardedWriter
-from barctl.model.export import export, smoke_test
+from barctl.model.expert_merge import merge
 from barctl.model.families import MIXTRAL
-from barctl.model.merge import merge
-from barctl.model.router import extract_router, random_router
+from barctl.model.hf_export import export, smoke_test
+from barctl.model.router_weights import extract_router, random_router
+from barctl.model.upcycle import branch
 from tests.helpers import TINY_CONFIG, make_dense_checkpoint, make_tokenizer_dir, model_logits
 
 BIG = 1 << 30

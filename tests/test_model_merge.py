@@ -5,10 +5,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from barctl.errors import BarctlError
-from barctl.model.branch import branch
 from barctl.model.checkpoint import CheckpointReader
+from barctl.model.expert_merge import merge
 from barctl.model.families import FLEX_OLMO, MIXTRAL, PROJS
-from barctl.model.merge import merge
+from barctl.model.upcycle import branch
 from tests.helpers import TINY_CONFIG, make_dense_checkpoint, make_tokenizer_dir, model_logits
 
 BIG = 1 << 30

@@ -119,10 +119,10 @@ def test_deepspeed_zero_keeps_the_anchor_in_the_fp32_master_copy_too(zero_stage,
                                                                      tokenizer_dir):
     """AdamW's weight decay moves the anchor's elements in ZeRO's fp32 master copy (by 3.5e-4 here under
     ZeRO-2 when only the module was restored); ZeRO-3 partitions the parameters themselves."""
-    from barctl.launch import worker_paths, write_context
-    from barctl.nodes import NodeContext
-    from barctl.project import Project
-    from barctl.recipe import load_recipe
+    from barctl.engine.project import Project
+    from barctl.manifest.recipe import load_recipe
+    from barctl.runners import NodeContext
+    from barctl.training.launch import worker_paths, write_context
 
     manifest = sft_project(tmp_path / "ds", tokenizer_dir, batch_size=2, weight_decay=0.1)
     (tmp_path / "ds" / "ds.json").write_text(json.dumps({
@@ -154,9 +154,9 @@ def test_an_anchor_the_model_cannot_hold_exactly_fails_at_the_first_step(tmp_pat
     """DeepSpeed's bf16 keeps the module in bf16: an fp32 anchor would fail the bitwise check only after
     the whole stage; the guard says so right after the first optimiser step."""
     from barctl.errors import BarctlError
-    from barctl.model.branch import branch
     from barctl.model.freezing import AnchorGuard, apply_trainable
-    from barctl.stages.common import load_model
+    from barctl.model.upcycle import branch
+    from barctl.training.common import load_model
     from tests.helpers import make_dense_checkpoint
 
     anchor = make_dense_checkpoint(tmp_path / "anchor", tokenizer_dir=tokenizer_dir)

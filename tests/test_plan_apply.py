@@ -160,7 +160,7 @@ def test_apply_without_approval_outside_a_terminal_is_refused(tmp_path, tokenize
 
 
 def test_a_second_apply_is_refused_while_the_state_is_locked(built):
-    from barctl.lock import StateLock
+    from barctl.engine.lock import StateLock
 
     holder = StateLock(built.parent / ".barctl")
     info = holder.acquire("barctl apply (another one)")

@@ -12,7 +12,7 @@ from transformers import TrainerControl, TrainerState
 
 from barctl.logs import NodeClock, setup
 from barctl.progress import ENV, Steps, current_mode
-from barctl.stages.common import Progress
+from barctl.training.common import Progress
 from tests.projects import barctl, make_project, tiny_manifest
 
 TRAINING_LINE = re.compile(r"training (\d+)/(\d+) steps \((\d+)%\), loss ([\d.]+), ([\d,]+) tok/s, ETA \d+m\d\ds")

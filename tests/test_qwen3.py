@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from barctl.errors import UnsupportedModel
-from barctl.model.branch import branch
 from barctl.model.checkpoint import CheckpointReader
+from barctl.model.expert_merge import merge
 from barctl.model.families import PROJS, QWEN3_MOE, family_for, moe_family_for_moe_config
 from barctl.model.freezing import apply_trainable, trainable_parameter_count
-from barctl.model.merge import merge
+from barctl.model.upcycle import branch
 from tests.helpers import TINY_CONFIG, make_dense_checkpoint, model_logits
 from tests.projects import apply, barctl, make_project, plan_json, tiny_manifest, write_manifest
 

@@ -85,8 +85,8 @@ def reply(row: dict) -> str:
 def test_every_file_has_its_format_and_loads(out, tmp_path):
     from barctl.data.formats import FORMATS as COLUMNS
     from barctl.data.formats import value_problem
-    from barctl.data.inspect import check_dataset
     from barctl.data.load import load_dataset_spec
+    from barctl.data.spec_check import check_dataset
 
     for name, fmt in FORMATS.items():
         spec = {"name": name, "path": str(out / f"{name}.jsonl"), "format": fmt}

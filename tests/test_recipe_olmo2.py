@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from barctl.data.fingerprint import FingerprintCache, fingerprint
-from barctl.launch import accelerate_command, stage_launcher
-from barctl.recipe import load_recipe
+from barctl.manifest.recipe import load_recipe
+from barctl.training.launch import accelerate_command, stage_launcher
 from tests.projects import barctl
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from barctl.errors import BarctlError
-from barctl.model.branch import branch
 from barctl.model.freezing import apply_trainable
-from barctl.stages import common
-from barctl.stages.router import as_prompt_completion, train_router
+from barctl.model.upcycle import branch
+from barctl.training import common
+from barctl.training.router_training import as_prompt_completion, train_router
 from tests.helpers import make_dense_checkpoint
 from tests.test_stages import CHATS, Kill, make_context, project, run_stage, tensors  # noqa: F401 (fixture)
 

@@ -12,10 +12,10 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from barctl.data.row_text import row_text
 from barctl.model.checkpoint import CheckpointReader
-from barctl.model.router import mean_ffn_inputs, router_names
-from barctl.data.text import row_text
-from barctl.stages.router import as_prompt_completion
+from barctl.model.router_weights import mean_ffn_inputs, router_names
+from barctl.training.router_training import as_prompt_completion
 from tests.projects import apply, barctl, make_project, plan_json, tiny_manifest, write_manifest
 
 CHATS = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
@@ -190,7 +190,7 @@ def test_embedding_init_and_router_training_need_data(tmp_path, tokenizer_dir):
 
 
 def test_router_z_loss_on_a_hand_example():
-    from barctl.stages.router import router_z_loss
+    from barctl.training.router_training import router_z_loss
 
     layers = [torch.tensor([[1.0, 2.0], [0.0, 0.0], [5.0, 5.0]]), torch.tensor([[0.0, 0.0], [0.0, 0.0], [9.0, 9.0]])]
     mask = torch.tensor([[1, 1, 0]])  # the third token is padding
@@ -204,7 +204,7 @@ def test_router_z_loss_on_a_hand_example():
 def tiny_moe(tokenizer):
     from transformers import MixtralConfig, MixtralForCausalLM
 
-    from barctl.model.router import router_weights
+    from barctl.model.router_weights import router_weights
     from tests.helpers import TINY_CONFIG
 
     config = MixtralConfig(**TINY_CONFIG, vocab_size=len(tokenizer), num_local_experts=3, num_experts_per_tok=3,
@@ -229,7 +229,7 @@ def chat_sample():
 
 
 def test_z_loss_adds_its_weighted_value_to_the_training_loss(tokenizer_dir, tmp_path):
-    from barctl.stages.router import build_router_trainer, router_z_loss
+    from barctl.training.router_training import build_router_trainer, router_z_loss
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = tiny_moe(tokenizer)
@@ -253,8 +253,8 @@ def test_z_loss_adds_its_weighted_value_to_the_training_loss(tokenizer_dir, tmp_
 
 
 def test_z_loss_changes_the_trained_router_and_shrinks_its_logits(tokenizer_dir, tmp_path):
-    from barctl.model.router import captured_router_logits, router_weights
-    from barctl.stages.router import router_z_loss, train_router
+    from barctl.model.router_weights import captured_router_logits, router_weights
+    from barctl.training.router_training import router_z_loss, train_router
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     trained, z_values = [], []

@@ -70,7 +70,7 @@ def test_trl_fields_barctl_sets_are_refused_at_plan(tmp_path, tokenizer_dir, kin
 def test_a_full_disk_is_a_clean_error_and_keeps_what_was_built(tmp_path, tokenizer_dir, monkeypatch):
     import errno
 
-    from barctl.store import Store
+    from barctl.engine.store import Store
 
     path = make_project(tmp_path, tokenizer_dir)
     original = Store.commit

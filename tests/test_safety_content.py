@@ -47,7 +47,7 @@ def test_flipped_bytes_with_size_and_mtime_kept_are_repaired_before_use(built):
 
 
 def test_a_damaged_artifact_found_by_a_content_check_shows_in_the_next_plan(built):
-    from barctl.project import Project
+    from barctl.engine.project import Project
 
     weights = built.parent / _entries(built)["experts.math.branch"]["artifact"]["path"] / "model.safetensors"
     os.utime(weights, ns=(10**18, 10**18))  # old enough for the digest cache to keep it
@@ -116,8 +116,8 @@ def test_a_truncated_safetensors_file_never_enters_the_store(tmp_path):
     import numpy as np
     from safetensors.numpy import save_file
 
+    from barctl.engine.store import Store
     from barctl.errors import BarctlError
-    from barctl.store import Store
 
     store = Store(tmp_path)
     with store.staging("ab" * 32) as staged:
@@ -133,7 +133,7 @@ def test_a_truncated_safetensors_file_never_enters_the_store(tmp_path):
 def test_plan_refuses_a_local_anchor_with_a_cut_short_safetensors_file(built):
     import shutil
 
-    from tests.projects import write_manifest, tiny_manifest
+    from tests.projects import tiny_manifest, write_manifest
 
     root = built.parent
     anchor = root / "models" / "anchor"

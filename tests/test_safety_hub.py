@@ -60,9 +60,8 @@ def test_a_pinned_commit_keeps_its_key_whatever_the_branch_does(tmp_path, tokeni
 
 def test_model_fingerprints_carry_the_commit_and_base_builds_exactly_it(tmp_path, hub_cache):
     from barctl.data.fingerprint import FingerprintCache
-    from barctl.fingerprints import ProjectFingerprints
-    from barctl.hub import resolved_commit
-    from barctl.hub import at_commit
+    from barctl.engine.hub import at_commit, resolved_commit
+    from barctl.engine.input_fingerprints import ProjectFingerprints
 
     _point(hub_cache, "model", "org/anchor", A)
     fingerprints = ProjectFingerprints(None, FingerprintCache(tmp_path / "digests.json"))
@@ -75,8 +74,8 @@ def test_model_fingerprints_carry_the_commit_and_base_builds_exactly_it(tmp_path
 
 
 def test_runners_read_hub_datasets_at_the_commit_they_were_keyed_with(tmp_path, tokenizer_dir, hub_cache):
-    from barctl.hub import recipe_at_commits
-    from barctl.recipe import load_recipe
+    from barctl.engine.hub import recipe_at_commits
+    from barctl.manifest.recipe import load_recipe
 
     recipe = load_recipe(_project(tmp_path, tokenizer_dir))
     pinned = recipe_at_commits(recipe, {"chat": {"kind": "hub", "id": "org/chat", "revision": "main", "commit": A}})
@@ -86,13 +85,13 @@ def test_runners_read_hub_datasets_at_the_commit_they_were_keyed_with(tmp_path, 
 
 def test_launched_ranks_read_the_context_apply_pinned_and_resolve_nothing(tmp_path, tokenizer_dir, hub_cache,
                                                                           monkeypatch):
-    import barctl.fingerprints
-    import barctl.hub
-    from barctl.hub import recipe_at_commits
-    from barctl.launch import context_path, write_context
-    from barctl.nodes import NodeContext
-    from barctl.project import Project
-    from barctl.stage_worker import node_context
+    import barctl.engine.hub
+    import barctl.engine.input_fingerprints
+    from barctl.engine.hub import recipe_at_commits
+    from barctl.engine.project import Project
+    from barctl.runners import NodeContext
+    from barctl.training.launch import context_path, write_context
+    from barctl.training.worker import node_context
 
     manifest = _project(tmp_path, tokenizer_dir)
     _point(hub_cache, "dataset", "org/chat", A)
@@ -108,9 +107,9 @@ def test_launched_ranks_read_the_context_apply_pinned_and_resolve_nothing(tmp_pa
     def refuse(*args, **kwargs):
         raise AssertionError("a launched rank resolved a hub branch or hashed a dataset")
 
-    monkeypatch.setattr(barctl.hub, "resolved_commit", refuse)
-    monkeypatch.setattr(barctl.fingerprints, "resolved_commit", refuse)
-    monkeypatch.setattr(barctl.fingerprints.ProjectFingerprints, "dataset", refuse)
+    monkeypatch.setattr(barctl.engine.hub, "resolved_commit", refuse)
+    monkeypatch.setattr(barctl.engine.input_fingerprints, "resolved_commit", refuse)
+    monkeypatch.setattr(barctl.engine.input_fingerprints.ProjectFingerprints, "dataset", refuse)
     ctx = node_context(manifest, node.id, main_process=False)
     assert ctx.node == node and ctx.inputs == inputs and ctx.upstream == upstream
     assert ctx.recipe.dataset_spec("chat")["revision"] == A

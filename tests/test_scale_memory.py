@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from barctl.stages import common
+from barctl.training import common
 from tests.test_routing import chat_sample, router_training, tiny_moe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,7 +28,7 @@ def moe_dir(tmp_path, tokenizer_dir):
 def test_no_data_parallel_when_one_process_sees_eight_gpus(tmp_path, tokenizer_dir, monkeypatch):
     from trl import SFTConfig
 
-    from barctl.stages.router import train_router
+    from barctl.training.router_training import train_router
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     monkeypatch.setattr(common, "on_cpu", lambda: False)
@@ -46,8 +46,8 @@ def test_no_data_parallel_when_one_process_sees_eight_gpus(tmp_path, tokenizer_d
 
 def test_router_training_holds_the_frozen_model_in_bf16_on_a_gpu(moe_dir, monkeypatch):
     from barctl.model.freezing import apply_trainable
-    from barctl.model.router import router_weights
-    from barctl.nodes.router import load_for_router_training
+    from barctl.model.router_weights import router_weights
+    from barctl.runners.router import load_for_router_training
 
     model, _ = load_for_router_training(moe_dir, {"precision": "bf16"})
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # the CPU trains in fp32
@@ -66,7 +66,7 @@ def test_router_training_holds_the_frozen_model_in_bf16_on_a_gpu(moe_dir, monkey
 
 @pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 def test_evaluation_loads_in_its_precision_and_caches_in_that_dtype(moe_dir, precision, dtype):
-    from barctl.nodes.eval import load_model
+    from barctl.runners.eval import load_model
 
     ctx = SimpleNamespace(config={"model": "experts.math", "precision": precision},
                           recipe=SimpleNamespace(document=SimpleNamespace(data={})),
@@ -103,7 +103,7 @@ def test_anchor_guard_keeps_slot0_only_in_the_parameters_dtype_and_device_and_re
 
 
 def test_experts_implementation_changes_no_result_and_no_key(moe_dir):
-    from barctl.graph import node_key
+    from barctl.engine.graph import node_key
 
     logits = {}
     ids = torch.tensor([[5, 17, 42, 99, 123, 7]])

@@ -11,13 +11,13 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from barctl.engine.graph import Node, stage_config
 from barctl.errors import BarctlError
-from barctl.graph import Node, stage_config
-from barctl.model.branch import branch
+from barctl.manifest.recipe import load_recipe
 from barctl.model.checkpoint import CheckpointReader
 from barctl.model.freezing import anchor_slot
-from barctl.nodes import NodeContext, runner_for
-from barctl.recipe import load_recipe
+from barctl.model.upcycle import branch
+from barctl.runners import NodeContext, runner_for
 from tests.helpers import make_dense_checkpoint
 from tests.projects import tiny_manifest, write_manifest
 
@@ -144,7 +144,7 @@ def test_sft_on_messages_learns_and_all_groups_with_weight_decay_keep_the_anchor
 
 
 def test_sft_learns_only_the_last_assistant_turn_without_generation_markers(project, tmp_path):
-    from barctl.stages import common, sft
+    from barctl.training import common, sft
 
     ctx = make_context(project, "sft", "chat", tmp_path)
     model, tokenizer = common.load_model(project / "moe")
@@ -158,7 +158,7 @@ def test_sft_learns_only_the_last_assistant_turn_without_generation_markers(proj
 
 
 def test_sft_splits_conversations_at_the_last_assistant_turn():
-    from barctl.stages.sft import split_last_turn
+    from barctl.training.sft import split_last_turn
 
     chat = CHATS[0] + [{"role": "user", "content": "Thanks"}, {"role": "assistant", "content": "You're welcome"}]
     row = split_last_turn({"messages": chat})
@@ -178,7 +178,7 @@ def test_dpo_prefers_the_chosen_answer(project, tmp_path):
 
 def test_dpo_reference_is_a_separate_frozen_model_without_hooks(project, tmp_path):
     from barctl.model.freezing import apply_trainable
-    from barctl.stages import common, dpo
+    from barctl.training import common, dpo
 
     ctx = make_context(project, "dpo", "pairs", tmp_path)
     model, tokenizer = common.load_model(project / "moe")
@@ -206,7 +206,7 @@ def test_grpo_raises_the_reward(project, tmp_path):
 def test_unknown_or_owned_trl_fields_are_refused_with_suggestions(tmp_path):
     from trl import GRPOConfig, SFTConfig
 
-    from barctl.stages.common import trl_config
+    from barctl.training.common import trl_config
 
     unknown = r"'num_train_epoch': SFTConfig has no such field \(did you mean 'num_train_epochs'"
     with pytest.raises(BarctlError, match=unknown):
@@ -252,7 +252,7 @@ def test_a_killed_stage_resumes_from_its_last_checkpoint(project, tmp_path):
 
 
 def test_checkpoints_of_another_configuration_are_discarded(tmp_path):
-    from barctl.stages.common import prepare_work
+    from barctl.training.common import prepare_work
 
     messages = []
     (tmp_path / "trainer" / "checkpoint-2").mkdir(parents=True)

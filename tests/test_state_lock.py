@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from barctl.engine.lock import StateLock, force_unlock
 from barctl.errors import BarctlError
-from barctl.lock import StateLock, force_unlock
 
 REPO = Path(__file__).resolve().parent.parent
 NO_FLOCK = {"ENOLCK": errno.ENOLCK, "EOPNOTSUPP": errno.EOPNOTSUPP}

@@ -1,4 +1,4 @@
-"""Tests for barctl.yamlload: plain values, source positions, and located errors."""
+"""Tests for barctl.manifest.yamlload: plain values, source positions, and located errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from barctl.errors import Issue, ManifestError
-from barctl.yamlload import LoadedYaml, format_path, load_yaml, load_yaml_text
+from barctl.manifest.yamlload import LoadedYaml, format_path, load_yaml, load_yaml_text
 
 MANIFEST = """\
 # A realistic manifest: mappings in lists in mappings, anchors and merges.

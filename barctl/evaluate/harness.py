@@ -19,8 +19,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from barctl.errors import BarctlError
 from barctl.evaluate.intervals import RESAMPLES
+from barctl.evaluate.lm_eval_tasks import task_config, task_yaml, version
 from barctl.evaluate.metrics import SAMPLES
-from barctl.lmeval import task_config, task_yaml, version
 
 _NOT_METRICS = ("name", "alias", "sample_len", "samples")
 

@@ -20,7 +20,7 @@ from trl.data_utils import common_prefix_length
 from barctl.errors import BarctlError
 from barctl.evaluate.batching import chunks, pad, pad_token_id, padded_batch
 from barctl.evaluate.generate import Prompt, encode_prompt
-from barctl.stages.sft import split_last_turn
+from barctl.training.sft import split_last_turn
 
 IGNORE = -100  # label of a context token, which the loss does not count
 

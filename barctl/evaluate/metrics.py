@@ -13,7 +13,7 @@ from barctl.data.formats import FORMATS
 from barctl.errors import BarctlError
 from barctl.evaluate.generate import encode_prompt, generate, render_prompt
 from barctl.evaluate.loss import token_loss
-from barctl.recipe import EVAL_COLUMNS, EVAL_FORMATS
+from barctl.manifest.recipe import EVAL_COLUMNS, EVAL_FORMATS
 from barctl.rewards import resolve
 from barctl.rewards.refusal import harmful_flag
 

@@ -10,7 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from barctl.errors import BarctlError
 from barctl.evaluate.batching import chunks, pad_token_id, padded_batch
-from barctl.model.router import captured_router_logits
+from barctl.model.router_weights import captured_router_logits
 
 
 def routing_shares(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], *,

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from barctl.errors import BarctlError
-from barctl.model.branch import router_init
 from barctl.model.checkpoint import CheckpointReader, ShardedWriter, copy_side_files, write_config
 from barctl.model.families import family_for
+from barctl.model.upcycle import router_init
 
 
 def merge_dense(anchor_dir: Path, expert_dirs: list[Path], out_dir: Path, *, top_k: int, seed: int,

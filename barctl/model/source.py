@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from barctl.errors import BarctlError
-from barctl.model.hfdir import INDEX_FILE, copy_side_files, read_config, weight_map
 from barctl.model.gguf_meta import gguf_dense_config, gguf_token_ids, read_gguf_meta
+from barctl.model.hfdir import INDEX_FILE, copy_side_files, read_config, weight_map
 
 _HUB_MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 _HUB_TOKENIZER_FILES = ["*.json", "tokenizer*", "*.model", "*.txt", "*.jinja", "*.tiktoken"]

@@ -37,8 +37,8 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from barctl.rewards.completion import completion_text
 from barctl.rewards.sandbox import SandboxResult, run_python
-from barctl.rewards.text import completion_text
 
 _FENCE = re.compile(r"```(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 NONCE_MARK = "# barctl-nonce: "

@@ -23,8 +23,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from barctl.rewards.completion import completion_text, prompt_text
 from barctl.rewards.refusal import harmful_flag
-from barctl.rewards.text import completion_text, prompt_text
 
 DEFAULTS = {"kind": "classifier", "template": "{response}", "max_new_tokens": 16, "batch_size": 8}
 

@@ -38,7 +38,7 @@ import re
 from fractions import Fraction
 from typing import Any
 
-from barctl.rewards.text import completion_text
+from barctl.rewards.completion import completion_text
 
 TOLERANCE = 1e-6
 

@@ -24,7 +24,7 @@ import re
 from typing import Any
 
 from barctl.errors import BarctlError
-from barctl.rewards.text import completion_text, prompt_text
+from barctl.rewards.completion import completion_text, prompt_text
 
 OPENING = 3
 

@@ -20,8 +20,8 @@ import threading
 from typing import Any
 
 from barctl.errors import BarctlError
+from barctl.rewards.completion import completion_text
 from barctl.rewards.math_answer import final_answer, reference_answer
-from barctl.rewards.text import completion_text
 
 TIMEOUT_S = 5
 EXTRA_HINT = "the math_verify grader needs the math-verify package: pip install 'barctl[math]'"

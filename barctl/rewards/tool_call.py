@@ -39,7 +39,7 @@ import re
 from typing import Any
 
 from barctl.errors import BarctlError
-from barctl.rewards.text import assistant_message, completion_text
+from barctl.rewards.completion import assistant_message, completion_text
 
 _TAGGED = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 _FENCE = re.compile(r"```(?:json|python)?[ \t]*\n(.*?)```", re.DOTALL)

@@ -1,0 +1,1 @@
+"""The engine: Recipe -> graph of keyed nodes -> plan (diff against lock and store) -> apply -> store and lock."""
