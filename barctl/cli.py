@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import errno
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -205,8 +206,8 @@ def evaluate(manifest: Path, auto_approve: bool, as_json: bool) -> None:
         _print_evaluations(project)
 
 
-def _apply(manifest: Path, saved: "Plan | None", targets: list[str], replace: list[str], auto_approve: bool,
-           quiet: bool, push: bool = False) -> "tuple[Project, ApplyResult]":
+def _apply(manifest: Path, saved: Plan | None, targets: list[str], replace: list[str], auto_approve: bool,
+           quiet: bool, push: bool = False) -> tuple[Project, ApplyResult]:
     """Plan (or take the saved plan), ask, run; print the evaluations (also when a node failed)."""
     from barctl.engine.apply import ApplyResult, apply_plan, check_plan_is_current
     from barctl.engine.lock import StateLock
@@ -243,12 +244,12 @@ def _apply(manifest: Path, saved: "Plan | None", targets: list[str], replace: li
     return project, result
 
 
-def _print_warnings(project: "Project") -> None:
+def _print_warnings(project: Project) -> None:
     for warning in project.warnings:
         console.print(f"[yellow]Warning:[/] {escape(warning)}")
 
 
-def _print_evaluations(project: "Project", only_if_run: "Plan | None" = None) -> None:
+def _print_evaluations(project: Project, only_if_run: Plan | None = None) -> None:
     from barctl.render import print_evaluations
 
     recipe = project.recipe

@@ -109,7 +109,7 @@ def _tokenizer_files() -> tuple[str, str]:
 
 
 def _manifest(name: str) -> str:
-    from barctl.manifest.recipe import SCHEMA_PATH
+    from barctl.manifest.schema import SCHEMA_PATH
 
     return f"""# yaml-language-server: $schema={SCHEMA_PATH}
 #

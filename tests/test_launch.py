@@ -125,7 +125,6 @@ def test_the_launcher_is_not_part_of_the_key(tmp_path, tokenizer_dir):
 @pytest.mark.skipif(sys.platform != "linux", reason="parent-death signals are Linux's")
 def test_a_launched_process_dies_with_its_parent(tmp_path):
     """A killed apply must take its ranks with it."""
-    import os
     import signal
     import subprocess
     import time

@@ -6,8 +6,9 @@ import csv
 import io
 import itertools
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import TextIO
 
 SAMPLE = 5  # records read per file
 _BLOCK = 1 << 16

@@ -13,8 +13,9 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from barctl.data.fingerprint import FingerprintCache, file_digest
 from barctl.data.formats import FORMATS, value_problem

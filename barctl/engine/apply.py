@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from barctl import __version__
 from barctl.engine.hub import recipe_at_commits
@@ -107,7 +108,7 @@ def _build(project: Project, action: Action, reporter: Reporter, result: ApplyRe
     entry = _pull(project, action, remote, say) if remote is not None else None
     if entry is None:
         entry = _run_node(project, action, say, note)
-        if remote is not None and push and remote.push(action.key, project.store.root / entry["artifact"]["path"],
+        if remote is not None and push and remote.push(_key(action), project.store.root / entry["artifact"]["path"],
                                                        entry):
             say(f"pushed to {remote.url}")
     project.lockfile.entries[action.node_id] = entry
@@ -118,21 +119,29 @@ def _build(project: Project, action: Action, reporter: Reporter, result: ApplyRe
 
 def _pull(project: Project, action: Action, remote: RemoteStore, say: Callable[[str], None]) -> dict[str, Any] | None:
     """The node's entry when the remote holds its key and the artifact matches the digest pushed with it."""
-    recorded = remote.entry(action.key)
+    key = _key(action)
+    recorded = remote.entry(key)
     if recorded is None:
         return None
     store = project.store
-    with store.staging(action.key) as staged:
-        remote.pull(action.key, staged)
+    with store.staging(key) as staged:
+        remote.pull(key, staged)
         digest, _, _ = tree_digest(staged, store.cache, trust_cache=False)
         if digest != (recorded.get("artifact") or {}).get("digest"):
             say(f"the artifact in {remote.url} fails its digest; building it here instead")
             return None
-        artifact = store.commit(staged, action.key)
+        artifact = store.commit(staged, key)
     say(f"pulled from {remote.url}")
     entry = _entry(project, action.node_id, artifact, {"seconds": 0, **(recorded.get("metrics") or {})})
     return {**entry, "built_with": recorded.get("built_with", entry["built_with"]),
             "built_at": recorded.get("built_at", entry["built_at"]), "pulled_from": remote.url}
+
+
+def _key(action: Action) -> str:
+    """The key of a node to build (only a removal has none)."""
+    if action.key is None:
+        raise BarctlError(f"{action.node_id}: nothing to build for a {action.action} action")
+    return action.key
 
 
 def _repair_damaged_inputs(project: Project, node_id: str, verified: set[str], reporter: Reporter,

@@ -20,7 +20,8 @@ counts: without `max_steps` its tokens are unknown (None).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from barctl.engine.baselines import btx_stage_id, retrain_stages
 from barctl.manifest.recipe import Recipe
@@ -139,8 +140,9 @@ def _router_rows(recipe: Recipe, fraction: float) -> int | None:
     rows = 0
     for expert in recipe.experts:
         counts = [mix_rows(stage.mix) for stage in expert.stages if stage.kind == "sft" and stage.mix]
-        if any(c is None for c in counts):
+        known = [c for c in counts if c is not None]
+        if len(known) < len(counts):
             return None
-        if sum(counts):
-            rows += max(1, round(fraction * sum(counts)))
+        if sum(known):
+            rows += max(1, round(fraction * sum(known)))
     return rows

@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 from barctl.engine.baselines import ALL_TRAINABLE, RetrainStage, btx_stage_id, retrain_stages
 from barctl.manifest.recipe import Recipe, Stage
@@ -107,7 +108,7 @@ def _keyed(config: dict) -> dict:
     """`config` without the fields in _UNKEYED."""
     keyed = copy.deepcopy(config)
     for *parents, field in _UNKEYED:
-        inner = keyed
+        inner: Any = keyed
         for parent in parents:
             inner = inner.get(parent) if isinstance(inner, dict) else None
         if isinstance(inner, dict):
@@ -129,7 +130,7 @@ class _Builder:
         return node_id
 
 
-def build_graph(recipe: Recipe, fingerprints: "Fingerprints") -> Graph:
+def build_graph(recipe: Recipe, fingerprints: Fingerprints) -> Graph:
     """Every node the recipe implies, keyed. `fingerprints` digests models and data."""
     b = _Builder()
     base_data = {"anchor": fingerprints.model(recipe.anchor)}
@@ -161,8 +162,8 @@ def build_graph(recipe: Recipe, fingerprints: "Fingerprints") -> Graph:
     )
     router = b.add("router", "router", router_config(recipe), _router_inputs(recipe, merge, base))
     baselines = _add_baselines(b, recipe, fingerprints, base)
-    evaluations = _add_evals(b, recipe, fingerprints, base, dict(zip((e.name for e in recipe.experts), expert_heads)),
-                             merge, router, baselines)
+    heads = dict(zip((e.name for e in recipe.experts), expert_heads))
+    evaluations = _add_evals(b, recipe, fingerprints, base, heads, merge, router, baselines)
     if recipe.gates:
         evaluations = [b.add("gates", "gates", {"gates": [dict(g) for g in recipe.gates]}, evaluations)]
     output = recipe.output
@@ -221,11 +222,11 @@ def _data(recipe: Recipe, fingerprints: "Fingerprints", names: list[str]) -> dic
 def router_config(recipe: Recipe) -> dict[str, Any]:
     """The router's init and training; init fields appear only with the init that reads them."""
     routing = recipe.routing
-    train = routing["train"]
+    train: Mapping[str, Any] | None = routing["train"]
     if train is not None and not train["z_loss_weight"]:
         # keys of routers trained before the z-loss existed stay the same
         train = {k: v for k, v in train.items() if k != "z_loss_weight"}
-    config = {"init": routing["init"], "train": train, "seed": recipe.seed}
+    config: dict[str, Any] = {"init": routing["init"], "train": train, "seed": recipe.seed}
     for field in ("init_samples", "prompts"):
         if field in routing:
             config[field] = routing[field]
@@ -315,8 +316,8 @@ def resolved_top_k(recipe: Recipe) -> int:
 class Fingerprints(Protocol):
     """What the graph needs to know about inputs outside barctl: models and data."""
 
-    def model(self, source: dict[str, Any]) -> Any: ...
+    def model(self, source: Mapping[str, Any]) -> Any: ...
 
-    def dataset(self, spec: dict[str, Any]) -> Any: ...
+    def dataset(self, spec: Mapping[str, Any]) -> Any: ...
 
-    def lm_eval_task(self, domain: dict[str, Any]) -> Any: ...
+    def lm_eval_task(self, domain: Mapping[str, Any]) -> Any: ...

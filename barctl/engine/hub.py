@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
     from barctl.manifest.recipe import Recipe
+
+S = TypeVar("S", bound=Mapping[str, Any])  # a model source or a dataset spec
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
 TIMEOUT_S = 5.0
@@ -40,14 +43,14 @@ def resolved_commit(repo: str, revision: str | None, repo_type: str = "model") -
     return _cached_ref(Path(constants.HF_HUB_CACHE), repo, revision, repo_type)
 
 
-def at_commit(source: dict[str, Any], fingerprint: Any) -> dict[str, Any]:
+def at_commit(source: S, fingerprint: Any) -> S:
     """A hub source (model or dataset) at the commit its branch resolved to when it was keyed."""
     if isinstance(fingerprint, dict) and "commit" in fingerprint:
-        return {**source, "revision": fingerprint["commit"]}
+        return cast(S, {**source, "revision": fingerprint["commit"]})
     return source
 
 
-def recipe_at_commits(recipe: "Recipe", fingerprints: dict[str, Any]) -> "Recipe":
+def recipe_at_commits(recipe: Recipe, fingerprints: dict[str, Any]) -> Recipe:
     """The recipe with each hub dataset read at the commit in `fingerprints` (dataset name -> fingerprint)."""
     datasets = {name: at_commit(spec, fingerprints.get(name)) for name, spec in recipe.datasets.items()}
     return dataclasses.replace(recipe, datasets=datasets)

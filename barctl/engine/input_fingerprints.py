@@ -1,12 +1,14 @@
 """Fingerprints of what barctl reads from outside: model sources and datasets.
 
 Local files are digested by content (cached by path, size and mtime); hub sources by id,
-revision and the commit a branch resolves to (barctl.engine.hub); an installed package's model file by content. Paths in fingerprints are
-relative to the project root, so keys do not depend on where the project is checked out.
+revision and the commit a branch resolves to (barctl.engine.hub); an installed package's model
+file by content. Paths in fingerprints are relative to the project root, so keys do not depend
+on where the project is checked out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ class ProjectFingerprints:
         self.recipe = recipe
         self.cache = cache
 
-    def model(self, source: dict[str, Any]) -> Any:
+    def model(self, source: Mapping[str, Any]) -> Any:
         if "hub" in source:
             found = {"kind": "hub", "id": source["hub"], "revision": source.get("revision", "main")}
             return _with_commit(found, resolved_commit(source["hub"], source.get("revision"), "model"))
@@ -38,7 +40,7 @@ class ProjectFingerprints:
             return {"kind": "file", "digest": file_digest(path, self.cache)}
         return {"kind": "files", "files": self._files(path)}
 
-    def dataset(self, spec: dict[str, Any]) -> Any:
+    def dataset(self, spec: Mapping[str, Any]) -> Any:
         absolute = dict(spec)
         if "path" in spec:
             absolute["path"] = str(self.recipe.resolve(spec["path"]))

@@ -58,7 +58,7 @@ class Lockfile:
         self.entries: dict[str, dict[str, Any]] = dict(entries or {})
 
     @classmethod
-    def read(cls, path: Path, manifest: str, root: Path) -> "Lockfile":
+    def read(cls, path: Path, manifest: str, root: Path) -> Lockfile:
         """Read and check the lockfile of the project at `root`; an absent one is empty.
 
         A damaged one (cut short, wrong types, artifacts outside the store) is an error
@@ -258,7 +258,7 @@ class StateLock:
             self._lock.release()
             self._lock = self.info = None
 
-    def __enter__(self) -> "StateLock":
+    def __enter__(self) -> StateLock:
         return self
 
     def __exit__(self, *exc: object) -> None:

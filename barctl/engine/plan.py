@@ -9,9 +9,10 @@ from the manifest) and keep.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from barctl.engine.graph import Graph, Node
 from barctl.errors import BarctlError
@@ -43,7 +44,7 @@ class Plan:
     actions: list[Action]
     targets: list[str] = field(default_factory=list)
     trainable: dict[str, int] = field(default_factory=dict)  # stage node -> trainable parameters
-    costs: dict[str, dict[str, Any]] = field(default_factory=dict)  # training node -> tokens, FLOPs (barctl.engine.cost)
+    costs: dict[str, dict[str, Any]] = field(default_factory=dict)  # training node -> tokens, FLOPs (engine/cost.py)
     cost_total: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> estimated peak bytes (barctl.engine.memory)
     format: int = PLAN_FORMAT
@@ -74,7 +75,7 @@ class Plan:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path) -> "Plan":
+    def load(cls, path: Path) -> Plan:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             if data.get("format") != PLAN_FORMAT:

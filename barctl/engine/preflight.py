@@ -7,6 +7,9 @@ bad row 300) comes before any work.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from barctl.data.files import resolve_files, where
 from barctl.data.rows import RowsChecked
 from barctl.data.spec_check import check_dataset
@@ -79,7 +82,7 @@ def _model_issues(recipe: Recipe) -> list[Issue]:
     return issues
 
 
-def _weights_problems(recipe: Recipe, source: dict | None) -> list[str]:
+def _weights_problems(recipe: Recipe, source: Mapping[str, Any] | None) -> list[str]:
     """A local model directory's safetensors files checked whole (header against size) before anything is stored."""
     from barctl.model.hfdir import safetensors_problem
 
@@ -223,8 +226,8 @@ def _report_to_issues(recipe: Recipe) -> list[Issue]:
     if recipe.routing["train"] is not None:
         places.append((("routing", "train", "training"), recipe.routing["train"]["training"]))
     issues = {}
-    for where, training in places:
-        path = (*where, "report_to")
+    for at, training in places:
+        path = (*at, "report_to")
         if path not in recipe.document.positions:
             path = ("training", "report_to")
         value = training.get("report_to") or []

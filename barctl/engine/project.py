@@ -30,7 +30,7 @@ class Project:
     warnings: list[str] = field(default_factory=list)  # located, for plan and apply to show
 
     @classmethod
-    def load(cls, manifest: Path) -> "Project":
+    def load(cls, manifest: Path) -> Project:
         """Validate the manifest, check its models and data, and key every node."""
         from barctl.engine.input_fingerprints import ProjectFingerprints
         from barctl.engine.preflight import plan_issues, plan_warnings
@@ -49,7 +49,7 @@ class Project:
         return cls(recipe, graph, lockfile, store, warnings)
 
     @cached_property
-    def remote(self) -> "RemoteStore | None":
+    def remote(self) -> RemoteStore | None:
         """The shared store of `store.remote`, if the manifest names one."""
         from barctl.engine.remote import RemoteStore
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import shutil
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from barctl.data.fingerprint import FingerprintCache, file_digest
 from barctl.errors import BarctlError

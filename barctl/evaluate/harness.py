@@ -21,6 +21,7 @@ from barctl.errors import BarctlError
 from barctl.evaluate.intervals import RESAMPLES
 from barctl.evaluate.lm_eval_tasks import task_config, task_yaml, version
 from barctl.evaluate.metrics import SAMPLES
+from barctl.manifest.schema import defaults
 
 _NOT_METRICS = ("name", "alias", "sample_len", "samples")
 
@@ -32,14 +33,15 @@ def evaluate_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, do
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
+    settings = {**defaults("$defs", "eval_domain"), **domain}  # the recipe keeps lm_eval domains as written
     manager, spec = _task(domain["task"], include_path)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=domain["generation"]["batch_size"])
     try:
         output = simple_evaluate(
             model=lm, tasks=[spec], task_manager=manager, num_fewshot=domain.get("num_fewshot"),
             limit=domain["limit"], bootstrap_iters=RESAMPLES, log_samples=True,
-            apply_chat_template=domain.get("apply_chat_template", False),
-            confirm_run_unsafe_code=domain.get("unsafe_code", False),
+            apply_chat_template=settings["apply_chat_template"],
+            confirm_run_unsafe_code=settings["unsafe_code"],
         )
     except ValueError as error:
         if "unsafe" in str(error).lower():

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from barctl.errors import Issue
+from barctl.manifest.schema import default
 from barctl.manifest.yamlload import LoadedYaml
 
 # Written into every output directory barctl creates: an existing directory is replaced only
@@ -26,7 +27,7 @@ def path_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
     root = root.resolve()
     protected = _protected_paths(loaded, root)
     issues = []
-    lockfile_name = loaded.data.get("lockfile", "barctl.lock")
+    lockfile_name = loaded.data.get("lockfile", default("properties", "lockfile"))
     lockfile = (root / lockfile_name).resolve() if isinstance(lockfile_name, str) else None
     problem = lockfile and _lockfile_problem(lockfile, root, protected)
     if problem:

@@ -1,4 +1,4 @@
-"""Manifest loading: safe YAML, schema validation, semantic checks, defaults -> Recipe.
+"""Manifest loading: safe YAML, schema validation, semantic checks, the schema's defaults -> Recipe.
 
 Every problem of a manifest is collected and reported at once, each with its YAML
 path and line (torchtune-style), so a user fixes a manifest in one pass.
@@ -6,30 +6,35 @@ path and line (torchtune-style), so a user fixes a manifest in one pass.
 
 from __future__ import annotations
 
-import difflib
 import glob
-import json
-from dataclasses import dataclass, field
-from functools import lru_cache
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from barctl.errors import Issue, ManifestError
 from barctl.evaluate.gate_rules import CI95, OWN_EXPERT
+from barctl.manifest import schema
 from barctl.manifest.paths import path_issues
+from barctl.manifest.schema import did_you_mean, schema_issues
+from barctl.manifest.sections import (
+    DatasetSpec,
+    EvalDomain,
+    Evals,
+    Gate,
+    Judge,
+    Launcher,
+    Mix,
+    ModelSource,
+    Output,
+    Reward,
+    RouterTraining,
+    Routing,
+)
 from barctl.manifest.semantics import run_issues, value_issues
 from barctl.manifest.yamlload import LoadedYaml, load_yaml
 
-# Shipped inside the package; in a checkout it links to schemas/manifest.schema.json (for editors).
-SCHEMA_PATH = Path(__file__).resolve().parent / "manifest.schema.json"
-
 STAGE_KINDS = ("midtrain", "sft", "dpo", "grpo")
-DEFAULT_TRAINABLE = {
-    "midtrain": ("expert", "router"),
-    "sft": ("expert", "router", "embeddings", "lm_head"),
-    "dpo": ("all",),
-    "grpo": ("all",),
-}
 FORMATS_FOR_KIND = {
     "midtrain": ("text",),
     "sft": ("messages", "prompt_completion"),
@@ -50,20 +55,17 @@ EVAL_COLUMNS = {"math_answer": ("answer",), "math_verify": ("answer",), "tool_ca
                 "refusal": ("harmful",), "code_tests": ("tests",), "loss": ()}
 LM_EVAL_FIELDS = ("task", "include_path", "num_fewshot", "task_metric", "apply_chat_template", "unsafe_code")
 EVAL_MODELS = ("anchor", "experts", "merged")
-DEFAULT_GENERATION = {"max_new_tokens": 256, "batch_size": 8, "max_length": 1024}
-DEFAULT_ROUTER_TRAINING = {"learning_rate": 1e-4, "epochs": 2}
-REPORT_TO = ("none", "tensorboard", "wandb", "trackio")  # the schema's `report_to` values
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     kind: str
-    mix: dict[str, Any] | None
+    mix: Mix | None
     trainable: tuple[str, ...]
-    training: dict[str, Any]
-    rewards: tuple[dict[str, Any], ...]
-    launcher: dict[str, Any]
+    training: dict[str, Any]  # barctl's training settings; `trl` passes TRL config fields through
+    rewards: tuple[Reward, ...]
+    launcher: Launcher
 
 
 @dataclass(frozen=True)
@@ -88,25 +90,25 @@ class Recipe:
     name: str
     seed: int
     lockfile: Path
-    anchor: dict[str, Any]
-    pretrained: dict[str, Any] | None
-    datasets: dict[str, dict[str, Any]]
+    anchor: ModelSource
+    pretrained: ModelSource | None
+    datasets: dict[str, DatasetSpec]
     experts: tuple[Expert, ...]
-    routing: dict[str, Any]
-    output: dict[str, Any]
+    routing: Routing
+    output: Output
     document: LoadedYaml
-    evals: dict[str, Any] = field(default_factory=dict)
-    gates: tuple[Any, ...] = ()
-    sandbox_isolation: str = "required"  # or "best_effort": model code may run without namespaces
-    store_remote: str | None = None  # store.remote: a shared artifact store (barctl.engine.remote)
-    baselines: tuple[str, ...] = ()  # "btx", "retrain": built next to BAR and evaluated in its table
+    evals: Evals
+    gates: tuple[Gate, ...]
+    sandbox_isolation: str  # "required", or "best_effort": model code may run without namespaces
+    store_remote: str | None  # store.remote: a shared artifact store (barctl.engine.remote)
+    baselines: tuple[str, ...]  # "btx", "retrain": built next to BAR and evaluated in its table
 
     def resolve(self, relative: str) -> Path:
         return (self.root / relative).resolve()
 
-    def resolve_source(self, source: dict[str, Any]) -> dict[str, Any]:
+    def resolve_source(self, source: ModelSource) -> ModelSource:
         """A model source with its local paths made absolute, for the runners."""
-        resolved = dict(source)
+        resolved = source.copy()
         if "path" in source:
             resolved["path"] = str(self.resolve(source["path"]))
         if "random" in source:
@@ -117,12 +119,12 @@ class Recipe:
 
     def dataset_spec(self, name: str) -> dict[str, Any]:
         """The dataset called `name`, its local `path` (if any) made absolute, for the loaders."""
-        spec = dict(self.datasets[name])
+        spec: dict[str, Any] = dict(self.datasets[name])
         if spec.get("path"):
             spec["path"] = str(self.resolve(spec["path"]))
         return spec
 
-    def resolve_judge(self, spec: dict[str, Any]) -> dict[str, Any] | None:
+    def resolve_judge(self, spec: Mapping[str, Any]) -> Judge | None:
         """The `judge` of an evaluation domain or a reward, its model path made absolute; None without one."""
         judge = spec.get("judge")
         return None if judge is None else {**judge, "path": str(self.resolve(judge["path"]))}
@@ -147,11 +149,6 @@ class Recipe:
         return next(e for e in self.experts if e.name == name)
 
 
-@lru_cache(maxsize=1)
-def load_schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-
-
 def load_recipe(manifest: Path) -> Recipe:
     """Load, validate and complete a manifest; raise ManifestError listing every problem."""
     manifest = Path(manifest)
@@ -162,64 +159,6 @@ def load_recipe(manifest: Path) -> Recipe:
     if issues:
         raise ManifestError(loaded.filename, issues)
     return _build_recipe(loaded, manifest.resolve())
-
-
-# -- schema -----------------------------------------------------------------------
-
-
-def schema_issues(loaded: LoadedYaml) -> list[Issue]:
-    from jsonschema import Draft202012Validator
-
-    validator = Draft202012Validator(load_schema())
-    issues = []
-    for error in validator.iter_errors(loaded.data):
-        issues.extend(_issues_from_schema_error(loaded, error))
-    return issues
-
-
-def _issues_from_schema_error(loaded: LoadedYaml, error: Any) -> list[Issue]:
-    path = tuple(error.absolute_path)
-    validator = error.validator
-    if validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        extras = [k for k in error.instance if k not in error.schema.get("properties", {})]
-        return [
-            loaded.issue(path + (key,), f"unknown field '{key}'{_did_you_mean(key, allowed)}", at_key=True)
-            for key in extras
-        ]
-    if validator == "required":
-        missing = error.message.split("'")[1]
-        return [loaded.issue(path, f"missing required field '{missing}'")]
-    if validator == "enum":
-        options = ", ".join(str(o) for o in error.validator_value)
-        hint = _did_you_mean(str(error.instance), [str(o) for o in error.validator_value])
-        return [loaded.issue(path, f"{error.instance!r} is not one of: {options}{hint}")]
-    if validator == "type":
-        expected = error.validator_value
-        expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return [loaded.issue(path, f"expected {_article(expected)}, got {_describe(error.instance)}")]
-    if "propertyNames" in error.schema_path:
-        return [loaded.issue(path + (error.instance,), _name_message(path, error.instance), at_key=True)]
-    if validator == "oneOf" and path[-1:] == ("top_k",):
-        return [loaded.issue(path, f"must be a positive integer or 'all', got {error.instance!r}")]
-    if validator == "oneOf" and path[-1:] == ("report_to",):
-        hint = _did_you_mean(error.instance, list(REPORT_TO)) if isinstance(error.instance, str) else ""
-        return [loaded.issue(path, f"must be one of {', '.join(REPORT_TO)}, or a list of "
-                                   f"{', '.join(REPORT_TO[1:])}; got {error.instance!r}{hint}")]
-    if validator in ("oneOf", "pattern") and path[:1] == ("gates",) and path[-1] in _GATE_VALUES:
-        return [loaded.issue(path, f"must be {_GATE_VALUES[path[-1]]}, got {error.instance!r}")]
-    if validator == "const":
-        return [loaded.issue(path, f"must be {error.validator_value!r}, got {error.instance!r}")]
-    if validator == "minProperties" and path == ("experts",):
-        return [loaded.issue(path, "declare at least one expert")]
-    return [loaded.issue(path, error.message)]
-
-
-def _name_message(path: tuple, name: str) -> str:
-    if path == ("experts",):
-        return (f"name {name!r} is not allowed: use lower-case letters, digits, '_' or '-', starting with "
-                "a letter (names become node ids such as experts.<name>.sft)")
-    return f"name {name!r} is not allowed: use letters, digits, '_', '-' or '.'"
 
 
 # -- semantic checks ----------------------------------------------------------------
@@ -329,7 +268,7 @@ def _stage_issues(loaded: LoadedYaml, where: tuple, stage: dict, datasets: dict)
             name = source["dataset"]
             if name not in datasets:
                 issues.append(loaded.issue(at + ("dataset",),
-                    f"unknown dataset '{name}'{_did_you_mean(name, sorted(datasets))}",
+                    f"unknown dataset '{name}'{did_you_mean(name, sorted(datasets))}",
                 ))
             elif datasets[name]["format"] not in FORMATS_FOR_KIND[kind]:
                 wanted = " or ".join(FORMATS_FOR_KIND[kind])
@@ -353,13 +292,14 @@ def _routing_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
     routing = data.get("routing", {})
     experts = data["experts"]
     issues = []
-    top_k = routing.get("top_k", "all")
+    settings = {**schema.defaults("properties", "routing"), **routing}  # `name in routing` below: as written
+    top_k = settings["top_k"]
     slots = len(experts) + 1
     if isinstance(top_k, int) and top_k > slots:
         issues.append(loaded.issue(("routing", "top_k"),
             f"top_k {top_k} exceeds the merged model's {slots} experts (the anchor and {slots - 1} domains)",
         ))
-    init = routing.get("init", "experts")
+    init = settings["init"]
     for name, needs in (("prompts", "prompts"), ("init_samples", "embedding")):
         if name in routing and init != needs:
             issues.append(loaded.issue(("routing", name), f"{name} only goes with init: {needs}", at_key=True))
@@ -372,7 +312,7 @@ def _routing_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
         for name in prompts:
             if name not in experts:
                 issues.append(loaded.issue(("routing", "prompts", name),
-                    f"unknown expert '{name}'{_did_you_mean(name, sorted(experts))}", at_key=True))
+                    f"unknown expert '{name}'{did_you_mean(name, sorted(experts))}", at_key=True))
     if init == "embedding":
         dataless = [name for name, spec in experts.items()
                     if not any(stage.get("mix") for stage in spec.get("stages", []))]
@@ -403,12 +343,13 @@ def _evals_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
         name, metric = spec["dataset"], spec["metric"]
         if name not in datasets:
             issues.append(loaded.issue(where + ("dataset",),
-                f"unknown dataset '{name}'{_did_you_mean(name, sorted(datasets))}"))
+                f"unknown dataset '{name}'{did_you_mean(name, sorted(datasets))}"))
         elif metric in EVAL_FORMATS and datasets[name]["format"] not in EVAL_FORMATS[metric]:
             wanted = " or ".join(EVAL_FORMATS[metric])
             issues.append(loaded.issue(where + ("dataset",),
                 f"dataset '{name}' has format {datasets[name]['format']}; metric {metric} needs {wanted}"))
-    if evals.get("expert_domains") == "own" and "experts" in evals.get("models", EVAL_MODELS):
+    models = evals.get("models", schema.default("properties", "evals", "properties", "models"))
+    if evals.get("expert_domains") == "own" and "experts" in models:
         unevaluated = [e for e in loaded.data.get("experts", {}) if e not in evals["domains"]]
         if unevaluated:
             issues.append(loaded.issue(("evals", "expert_domains"),
@@ -436,7 +377,7 @@ def _gates_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
     evals = loaded.data.get("evals")
     if evals is None:
         return [loaded.issue(("gates",), "gates compare evaluation results: declare `evals` too")]
-    models = evals.get("models", list(EVAL_MODELS))
+    models = evals.get("models", schema.default("properties", "evals", "properties", "models"))
     issues = []
     for index, gate in enumerate(gates):
         where = ("gates", index)
@@ -449,9 +390,6 @@ def _gates_issues(loaded: LoadedYaml, root: Path) -> list[Issue]:
 
 
 _GATE_MODEL_KEYS = ("model", "at_least", "over")
-_GATE_MODELS = "anchor, merged, own_expert or experts.<name>"
-_GATE_VALUES = {"model": _GATE_MODELS, "over": _GATE_MODELS, "at_least": f"a number or a model ({_GATE_MODELS})",
-                "tolerance": "a number (0 or more) or 'ci95'"}
 
 
 def _gate_model_issues(loaded: LoadedYaml, where: tuple, gate: dict, models: list[str]) -> list[Issue]:
@@ -477,7 +415,7 @@ def _gate_model_issues(loaded: LoadedYaml, where: tuple, gate: dict, models: lis
             expert = value.split(".", 1)[1]
             if expert not in experts:
                 issues.append(loaded.issue(where + (key,),
-                    f"unknown expert '{expert}'{_did_you_mean(expert, sorted(experts))}"))
+                    f"unknown expert '{expert}'{did_you_mean(expert, sorted(experts))}"))
                 continue
         if value.split(".")[0] not in models:
             issues.append(loaded.issue(where + (key,),
@@ -493,7 +431,8 @@ def _gate_combination_issues(loaded: LoadedYaml, where: tuple, gate: dict) -> li
         issues.append(loaded.issue(where + ("keep",),
             "keep needs `over`: the model the gain is measured from (e.g. over: anchor)"))
     if "over" in gate and "keep" not in gate:
-        issues.append(loaded.issue(where + ("over",), "over needs `keep`: the share of the gain to keep (e.g. keep: 0.8)"))
+        issues.append(loaded.issue(where + ("over",),
+            "over needs `keep`: the share of the gain to keep (e.g. keep: 0.8)"))
     if "keep" in gate and numeric:
         issues.append(loaded.issue(where + ("at_least",),
             "keep measures at_least's gain over `over`: at_least must be a model, not a number"))
@@ -520,7 +459,7 @@ def _gate_domain_issues(loaded: LoadedYaml, where: tuple, gate: dict, domains: s
     for d_index, domain in enumerate(gate.get("domains", [])):
         if domain != "average" and domain not in domains:
             issues.append(loaded.issue(where + ("domains", d_index),
-                f"unknown domain '{domain}'{_did_you_mean(domain, sorted(domains))}"))
+                f"unknown domain '{domain}'{did_you_mean(domain, sorted(domains))}"))
         elif own and domain not in experts:
             issues.append(loaded.issue(where + ("domains", d_index),
                 f"own_expert: no expert is named '{domain}'"))
@@ -558,7 +497,7 @@ def _gate_own_domain_issues(loaded: LoadedYaml, where: tuple, gate: dict, domain
 
 def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
     data = loaded.data
-    seed = data.get("seed", 0)
+    seed = data.get("seed", schema.default("properties", "seed"))
     defaults = {"seed": seed, **data.get("training", {})}  # project-wide training settings
     base = data["base"]
     pretrained = base.get("pretrained")
@@ -571,27 +510,23 @@ def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
         )
         for name, spec in data["experts"].items()
     )
-    routing = {"top_k": "all", "shared": "average", "init": "experts", "train": None}
-    routing.update(data.get("routing", {}))
+    routing_defaults = schema.defaults("properties", "routing")
+    init_samples = routing_defaults.pop("init_samples")  # only init: embedding reads it
+    routing = cast(Routing, {**routing_defaults, **data.get("routing", {})})
     if routing["init"] == "embedding":
-        routing.setdefault("init_samples", 64)
+        routing.setdefault("init_samples", init_samples)
     if routing["train"] is not None:
-        train = routing["train"]
-        routing["train"] = {"fraction": train.get("fraction", 0.05), "aux_loss_weight": train.get("aux_loss_weight", 0.0),
-                            "z_loss_weight": train.get("z_loss_weight", 0.0),
-                            "training": {**defaults, **DEFAULT_ROUTER_TRAINING, **train.get("training", {})}}
-    output = {"architecture": "auto", "dtype": "auto", "max_shard_size": "2GB", "smoke_test": True}
-    output.update(data["output"])
-    datasets = {
-        name: {"name": name, "split": "train", **spec} for name, spec in data.get("datasets", {}).items()
-    }
+        routing["train"] = _build_router_training(routing["train"], defaults)
+    output = cast(Output, {**schema.defaults("properties", "output"), **data["output"]})
+    datasets = {name: cast(DatasetSpec, {"name": name, **schema.defaults("$defs", "dataset"), **spec})
+                for name, spec in data.get("datasets", {}).items()}
     return Recipe(
         manifest_path=manifest,
         root=manifest.parent,
         text=loaded.text,
         name=data.get("name", manifest.stem),
         seed=seed,
-        lockfile=manifest.parent / data.get("lockfile", "barctl.lock"),
+        lockfile=manifest.parent / data.get("lockfile", schema.default("properties", "lockfile")),
         anchor=base["anchor"],
         pretrained=pretrained,
         datasets=datasets,
@@ -601,71 +536,78 @@ def _build_recipe(loaded: LoadedYaml, manifest: Path) -> Recipe:
         document=loaded,
         evals=_build_evals(data.get("evals")),
         gates=tuple(_build_gate(gate, data) for gate in data.get("gates", [])),
-        sandbox_isolation=data.get("sandbox", {}).get("isolation", "required"),
+        sandbox_isolation={**schema.defaults("properties", "sandbox"), **data.get("sandbox", {})}["isolation"],
         store_remote=data.get("store", {}).get("remote"),
-        baselines=tuple(data.get("baselines", [])),
+        baselines=tuple(data.get("baselines", schema.default("properties", "baselines"))),
     )
+
+
+def _build_router_training(train: Mapping[str, Any], project_training: dict[str, Any]) -> RouterTraining:
+    """Router training over the project-wide training settings, BAR's settings in between."""
+    settings = schema.defaults("properties", "routing", "properties", "train")
+    return cast(RouterTraining, {**settings, **train, "training": {**project_training, **settings["training"],
+                                                                    **train.get("training", {})}})
 
 
 def _build_stage(stage: dict, seed: int, defaults: dict[str, Any]) -> Stage:
     kind = stage["kind"]
     training = {**defaults, **stage.get("training", {})}
-    mix = stage.get("mix")
-    if mix is not None:
-        mix = {"seed": seed, **mix}
+    mix = None if stage.get("mix") is None else cast(Mix, {"seed": seed, **stage["mix"]})
+    reward_defaults = schema.defaults("$defs", "reward")
     return Stage(
         name=stage.get("name", kind),
         kind=kind,
         mix=mix,
-        trainable=tuple(stage.get("trainable", DEFAULT_TRAINABLE[kind])),
+        trainable=tuple(stage.get("trainable", schema.stage_defaults(kind)["trainable"])),
         training=training,
-        rewards=tuple({"weight": 1.0, **r} for r in stage.get("rewards", [])),
-        launcher={"kind": "local", **stage.get("launcher", {})},
+        rewards=tuple(cast(Reward, {**reward_defaults, **r}) for r in stage.get("rewards", [])),
+        launcher=cast(Launcher, {**schema.defaults("$defs", "launcher"), **stage.get("launcher", {})}),
     )
 
 
-def _build_evals(evals: dict | None) -> dict[str, Any]:
+def _build_evals(evals: dict | None) -> Evals:
     """Each domain with its generation limits resolved; {} when nothing is evaluated."""
     if not evals:
-        return {}
-    generation = {**DEFAULT_GENERATION, **evals.get("generation", {})}
+        return Evals()
+    generation = {**schema.defaults("$defs", "generation"), **evals.get("generation", {})}
     domains = {
         name: _lm_eval_domain(spec, generation) if spec["metric"] == "lm_eval" else
-              {"dataset": spec["dataset"], "metric": spec["metric"], "limit": spec.get("limit"),
-               "generation": {**generation, **spec.get("generation", {})},
-               **({"judge": spec["judge"]} if "judge" in spec else {})}  # keys without a judge stay as they were
+              cast(EvalDomain, {"dataset": spec["dataset"], "metric": spec["metric"], "limit": spec.get("limit"),
+                                "generation": {**generation, **spec.get("generation", {})},
+                                # keys without a judge stay as they were
+                                **({"judge": spec["judge"]} if "judge" in spec else {})})
         for name, spec in evals["domains"].items()
     }
-    return {"models": list(evals.get("models", EVAL_MODELS)), "domains": domains,
-            "expert_domains": evals.get("expert_domains", "all"),
-            "routing_report": evals.get("routing_report", True), "precision": evals.get("precision", "fp32")}
+    settings = {**schema.defaults("properties", "evals"), **evals}
+    return Evals(models=list(settings["models"]), domains=domains, expert_domains=settings["expert_domains"],
+                 routing_report=settings["routing_report"], precision=settings["precision"])
 
 
-def _lm_eval_domain(spec: dict, generation: dict) -> dict[str, Any]:
+def _lm_eval_domain(spec: dict, generation: dict) -> EvalDomain:
     """An lm_eval domain: its task settings as written (absent ones keep lm-eval's defaults) and its
     generation limits, of which lm-eval takes the batch size (the task sets its own generation lengths)."""
-    return {"metric": "lm_eval", "limit": spec.get("limit"),
-            "generation": {**generation, **spec.get("generation", {})},
-            **{f: spec[f] for f in LM_EVAL_FIELDS if f in spec}}
+    return cast(EvalDomain, {"metric": "lm_eval", "limit": spec.get("limit"),
+                             "generation": {**generation, **spec.get("generation", {})},
+                             **{f: spec[f] for f in LM_EVAL_FIELDS if f in spec}})
 
 
-def _build_gate(gate: dict, data: dict) -> dict[str, Any]:
+def _build_gate(gate: dict, data: dict) -> Gate:
     domains = gate.get("domains")
     if domains is None:
         names = list(data["evals"]["domains"])
         own = OWN_EXPERT in (gate["model"], gate["at_least"], gate.get("over"))
         domains = [d for d in names if d in data["experts"]] if own else names
     resolved = {"model": gate["model"], "at_least": gate["at_least"], "domains": domains,
-                "tolerance": gate.get("tolerance", 0)}
+                "tolerance": gate.get("tolerance", schema.default("$defs", "gate", "properties", "tolerance"))}
     # the newer conditions appear only when asked for, so that existing gates keep their node key
     if gate.get("intervals_apart"):
         resolved["intervals_apart"] = True
     if "keep" in gate:
         resolved.update(keep=gate["keep"], over=gate["over"])
-    return {"name": gate.get("name") or gate_description(resolved), **resolved}
+    return cast(Gate, {"name": gate.get("name") or gate_description(resolved), **resolved})
 
 
-def gate_description(gate: dict) -> str:
+def gate_description(gate: Mapping[str, Any]) -> str:
     """E.g. "merged >= anchor - 0.02 on math, code", "own_expert > anchor (95% intervals apart) on math",
     "merged keeps 80% of own_expert's gain over anchor on math"."""
     tolerance = gate["tolerance"]
@@ -693,27 +635,6 @@ def parse_size(text: str) -> int:
     number = text.rstrip("BKMGi ")
     unit = text[len(number):].strip()
     return int(float(number) * _UNITS[unit])
-
-
-def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _article(type_name: str) -> str:
-    names = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
-             "number": "a number", "boolean": "true or false", "null": "nothing"}
-    return names.get(type_name, type_name)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing (null)"
-    return f"{type(value).__name__} {value!r}"
 
 
 def _dedupe(issues: list[Issue]) -> list[Issue]:

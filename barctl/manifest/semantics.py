@@ -8,8 +8,9 @@ before a final newline). Nothing here imports torch or transformers.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from barctl.errors import Issue
 from barctl.manifest.yamlload import LoadedYaml, YamlPath

@@ -9,10 +9,13 @@ import importlib.util
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from barctl.errors import BarctlError
+from barctl.manifest.schema import default
 from barctl.model.gguf_meta import gguf_dense_config, gguf_token_ids, read_gguf_meta
 from barctl.model.hfdir import INDEX_FILE, copy_side_files, read_config, weight_map
 
@@ -91,7 +94,7 @@ class _Located:
         return self.dir / self.gguf_file
 
 
-def describe(spec: dict) -> dict:
+def describe(spec: Mapping[str, Any]) -> dict:
     """The dense config dict of a source, without loading weights (torch-free, fast)."""
     if "random" in spec:
         return _random_config(spec["random"])
@@ -106,7 +109,7 @@ def describe(spec: dict) -> dict:
     return read_config(loc.dir)
 
 
-def card_facts(spec: dict) -> dict[str, str]:
+def card_facts(spec: Mapping[str, Any]) -> dict[str, str]:
     """What a model card can say about a source: `base_model` (a hub id) and `license`, where known.
 
     Hub sources give their id, and their license from the GGUF metadata or the hub's model
@@ -152,7 +155,7 @@ def _readme_facts(readme: Path) -> dict[str, str]:
     return {"license": license} if isinstance(license, str) else {}
 
 
-def materialise(spec: dict, out_dir: Path) -> None:
+def materialise(spec: Mapping[str, Any], out_dir: Path) -> None:
     """Write the source as a plain HF directory: config.json, safetensors, tokenizer and side files."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -335,7 +338,8 @@ def _materialise_random(random: dict, out_dir: Path) -> None:
             f"its tokenizer ({len(tokenizer)} tokens)"
         )
     config = AutoConfig.for_model(**config_dict)
-    torch.manual_seed(int(random.get("seed", 0)))
+    torch.manual_seed(int(random.get("seed", default("$defs", "model_source", "properties", "random", "properties",
+                                                     "seed"))))
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

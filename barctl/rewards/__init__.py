@@ -8,7 +8,7 @@ every other dataset column arrives as a keyword argument (extra ones are ignored
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from barctl.errors import BarctlError
 from barctl.rewards.code_tests import code_tests

@@ -23,15 +23,15 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from barctl.manifest.schema import defaults
 from barctl.rewards.completion import completion_text, prompt_text
 from barctl.rewards.refusal import harmful_flag
 
-DEFAULTS = {"kind": "classifier", "template": "{response}", "max_new_tokens": 16, "batch_size": 8}
-
 
 def judge_settings(spec: dict[str, Any]) -> dict[str, Any]:
-    """A judge's settings with the defaults filled in."""
-    return {**DEFAULTS, **spec}
+    """A judge's settings with the schema's defaults filled in (the recipe keeps a judge as written, so that
+    node keys stay as they were)."""
+    return {**defaults("$defs", "judge"), **spec}
 
 
 @functools.lru_cache(maxsize=2)

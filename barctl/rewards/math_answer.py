@@ -44,8 +44,8 @@ TOLERANCE = 1e-6
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _STATEMENT = re.compile(r"\banswer\s*(?:is\b|:|=)\s*:?|####(?=[ \t]*(?:[-+\u2212$.\d]|\\\())", re.IGNORECASE)
-_NOT_A_VALUE = re.compile(r"\W*(?:correct|right|wrong|incorrect|below|as follows|the following|given|shown|clear|obvious)\b",
-                          re.IGNORECASE)
+_NOT_A_VALUE = re.compile(
+    r"\W*(?:correct|right|wrong|incorrect|below|as follows|the following|given|shown|clear|obvious)\b", re.IGNORECASE)
 _HEADING = re.compile(r"^[ \t]*#{1,6}[ \t].*$", re.MULTILINE)
 _SENTENCE_END = re.compile(r"\.(?=\s|$)|\n")
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)(?:\s*/\s*(?:\d+(?:\.\d+)?|\.\d+))?\s*%?")

@@ -7,9 +7,10 @@ Runners are imported only when a node runs, so planning never imports torch.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from barctl.engine.graph import Node
 from barctl.manifest.recipe import Recipe

@@ -102,8 +102,8 @@ def train_router(ctx: NodeContext, init_file: Path, out_file: Path) -> dict[str,
         ctx.say(f"warning: router training has no rows from {', '.join(unsampled)} (no sft stage with data): "
                 "those experts' router rows only learn to lose the other domains' tokens")
     started = time.monotonic()
-    state = router_training.train_router(model, tokenizer, sample, train, common.prepare_work(ctx.work, ctx.node.key, ctx.say),
-                                ctx.say, note=ctx.note)
+    work = common.prepare_work(ctx.work, ctx.node.key, ctx.say)
+    state = router_training.train_router(model, tokenizer, sample, train, work, ctx.say, note=ctx.note)
     save_router(model, merged, out_file)
     common.clear(ctx.work)
     logged = [entry["loss"] for entry in state.log_history if "loss" in entry]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from barctl.runners import NodeContext, model_dir
 

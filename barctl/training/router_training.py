@@ -7,9 +7,9 @@ share of its own mix, at least one row, so a small domain is not drowned by a bi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import datasets
 import numpy as np
@@ -97,7 +97,7 @@ def train_router(model, tokenizer: PreTrainedTokenizerBase, dataset: datasets.Da
 
 
 def build_router_trainer(model, tokenizer: PreTrainedTokenizerBase, dataset: datasets.Dataset,
-                         train: dict[str, Any], output_dir: Path) -> "RouterTrainer":
+                         train: dict[str, Any], output_dir: Path) -> RouterTrainer:
     """The SFT trainer for router training, with the balancing loss and the z-loss the recipe asks for."""
     model.config.router_aux_loss_coef = float(train["aux_loss_weight"])
     model.config.output_router_logits = train["aux_loss_weight"] > 0

@@ -12,7 +12,7 @@ import ast
 import difflib
 import importlib.util
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 CONFIG_CLASSES = {
@@ -27,7 +27,7 @@ def config_class_name(kind: str) -> str:
     return CONFIG_CLASSES[kind][2]
 
 
-@lru_cache(maxsize=None)
+@cache
 def config_fields(kind: str) -> frozenset[str] | None:
     """Every field of the stage kind's TRL config class; None when the sources cannot be read."""
     package, relative, name = CONFIG_CLASSES[kind]
