@@ -65,7 +65,7 @@ def setup(verbosity: int, log_file: Path | None, terminal: Console | None = None
 class _Stderr(logging.StreamHandler):
     """A handler on whatever `sys.stderr` is when a record comes (test runners swap it)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):
         return sys.stderr
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 import datasets
 import numpy as np
@@ -11,7 +13,7 @@ from barctl.data.formats import CANONICAL
 from barctl.errors import BarctlError
 
 
-def mix_plan(mix: dict, sizes: dict[str, int]) -> dict[str, int]:
+def mix_plan(mix: Mapping[str, Any], sizes: dict[str, int]) -> dict[str, int]:
     """Rows drawn from each dataset, given every dataset's row count.
 
     `count` takes that many rows, `fraction` that share of the dataset's rows (rounded),
@@ -63,7 +65,7 @@ def _shares(total: int, weights: list[float]) -> list[int]:
     return shares
 
 
-def build_mix(mix: dict, datasets_by_name: dict[str, datasets.Dataset]) -> datasets.Dataset:
+def build_mix(mix: Mapping[str, Any], datasets_by_name: dict[str, datasets.Dataset]) -> datasets.Dataset:
     """The mix's rows from datasets as `load_dataset_spec` returns them, shuffled, with a `source` column.
 
     Each dataset's rows are drawn from its own generator seeded by (seed, dataset name), so

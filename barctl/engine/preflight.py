@@ -18,6 +18,7 @@ from barctl.engine.graph import stage_datasets
 from barctl.errors import BarctlError, Issue, UnsupportedModel
 from barctl.evaluate.lm_eval_tasks import plan_issues as lm_eval_issues
 from barctl.manifest.recipe import EVAL_COLUMNS, Recipe
+from barctl.manifest.yamlload import YamlPath
 from barctl.model.families import family_for
 from barctl.model.source import describe
 from barctl.rewards.grader_checks import grader_issues
@@ -43,8 +44,9 @@ def _baseline_issues(recipe: Recipe) -> list[Issue]:
 
 def _sandbox_issues(recipe: Recipe) -> list[Issue]:
     """Model-written code (code_tests) where the sandbox cannot isolate it, unless the manifest allows that."""
-    uses = [("evals", "domains", domain, "metric") for domain, spec in recipe.evals.get("domains", {}).items()
-            if spec["metric"] == "code_tests"]
+    domains = recipe.evals.get("domains", {})
+    uses: list[YamlPath] = [("evals", "domains", domain, "metric")
+                            for domain, spec in domains.items() if spec["metric"] == "code_tests"]
     uses += [("experts", expert.name, "stages", index, "rewards", number, "name")
              for expert in recipe.experts for index, stage in enumerate(expert.stages)
              for number, reward in enumerate(stage.rewards) if reward["name"] == "code_tests"]
@@ -123,7 +125,7 @@ def _count_warnings(recipe: Recipe) -> list[Issue]:
     warnings = []
     for expert in recipe.experts:
         for index, stage in enumerate(expert.stages):
-            for number, source in enumerate((stage.mix or {}).get("sources", [])):
+            for number, source in enumerate(stage.mix["sources"] if stage.mix else []):
                 rows = _dataset_rows(checked, recipe.dataset_spec(source["dataset"]), columns[source["dataset"]])
                 if source.get("count") and rows and source["count"] > rows:
                     warnings.append(recipe.issue(
@@ -138,11 +140,12 @@ def _dataset_rows(checked: RowsChecked, spec: dict, columns: tuple[str, ...]) ->
     if spec.get("hub"):
         return None
     counts = [checked.rows(file, spec["format"], spec.get("columns") or {}, columns) for file in resolve_files(spec)]
-    return None if None in counts else sum(counts)
+    known = [c for c in counts if c is not None]
+    return sum(known) if len(known) == len(counts) else None
 
 
 def _eval_data_warnings(recipe: Recipe) -> list[Issue]:
-    trained = {}
+    trained: dict[str, str] = {}
     for expert in recipe.experts:
         for stage in expert.stages:
             for name in stage_datasets(stage):
@@ -221,13 +224,14 @@ def _report_to_issues(recipe: Recipe) -> list[Issue]:
     (the stage's own setting, or the project-wide one it inherits)."""
     import importlib.util
 
-    places = [(("experts", expert.name, "stages", index, "training"), stage.training)
+    places: list[tuple[YamlPath, dict[str, Any]]] = [(("experts", expert.name, "stages", index, "training"),
+                                                      stage.training)
               for expert in recipe.experts for index, stage in enumerate(expert.stages)]
     if recipe.routing["train"] is not None:
         places.append((("routing", "train", "training"), recipe.routing["train"]["training"]))
     issues = {}
     for at, training in places:
-        path = (*at, "report_to")
+        path: YamlPath = (*at, "report_to")
         if path not in recipe.document.positions:
             path = ("training", "report_to")
         value = training.get("report_to") or []

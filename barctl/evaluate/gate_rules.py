@@ -75,7 +75,11 @@ def _side(reference: Any, domain: str, scores: Scores, intervals: Intervals | No
     if isinstance(reference, (int, float)):
         return _Side("the threshold", float(reference), None)
     model = model_on(reference, domain)
-    return _Side(model, scores[model][domain], tuple(intervals[model][domain]) if intervals is not None else None)
+    interval = None
+    if intervals is not None:
+        low, high = intervals[model][domain]  # a list when read from the lockfile
+        interval = (low, high)
+    return _Side(model, scores[model][domain], interval)
 
 
 def _failure(gate: dict[str, Any], domain: str, scores: Scores, intervals: Intervals | None) -> str | None:

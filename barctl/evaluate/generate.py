@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -14,16 +16,22 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
     """The text the model sees for `prompt`: a string as is, messages through the chat template."""
     if isinstance(prompt, str):
         return prompt
-    return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return cast(str, tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False))
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:
     """The token ids the model sees for `prompt`, tokenized as TRL's GRPO trainer does."""
     if isinstance(prompt, str):
         return tokenizer(prompt)["input_ids"]
-    return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)[
-        "input_ids"
-    ]
+    return chat_ids(tokenizer, prompt, add_generation_prompt=True)
+
+
+def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool = False
+             ) -> list[int]:
+    """The token ids of a conversation through the chat template."""
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True,
+                                            return_dict=True)
+    return cast(list[int], cast(dict[str, Any], encoded)["input_ids"])
 
 
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], *,
@@ -43,7 +51,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         for batch in chunks(by_length, batch_size):
             # left padding: every row's new tokens then start at the same column
             input_ids, mask = padded_batch([encoded[i] for i in batch], pad_id, "left", model.device)
-            output = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+            output = model.generate(  # type: ignore[operator]  # mypy reads `generate` as a module attribute
+                                    input_ids=input_ids, attention_mask=mask, do_sample=False,
                                     max_new_tokens=max_new_tokens, pad_token_id=pad_id)
             texts = tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
             for index, text in zip(batch, texts):

@@ -10,7 +10,7 @@ tokenized prompt and prompt + completion diverge. Sequences keep their first
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from trl.data_utils import common_prefix_length
 
 from barctl.errors import BarctlError
 from barctl.evaluate.batching import chunks, pad, pad_token_id, padded_batch
-from barctl.evaluate.generate import Prompt, encode_prompt
+from barctl.evaluate.generate import Prompt, chat_ids, encode_prompt
 from barctl.training.sft import split_last_turn
 
 IGNORE = -100  # label of a context token, which the loss does not count
@@ -71,8 +71,8 @@ def targets(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any], fmt: str) -
 
 def _full_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, completion: Prompt) -> list[int]:
     if isinstance(prompt, str):
-        return tokenizer(prompt + _with_eos(tokenizer, completion))["input_ids"]
-    return tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
+        return tokenizer(prompt + _with_eos(tokenizer, cast(str, completion)))["input_ids"]
+    return chat_ids(tokenizer, prompt + cast(list[dict], completion))
 
 
 def _with_eos(tokenizer: PreTrainedTokenizerBase, text: str) -> str:

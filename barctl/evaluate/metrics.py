@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import datasets
@@ -82,7 +82,7 @@ def dataset_format(dataset: datasets.Dataset, metric: str) -> str:
 
 def _generative(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: datasets.Dataset, metric: str,
                 *, max_new_tokens: int, batch_size: int, max_length: int,
-                progress: Callable[[int], None], judge: dict[str, Any] | None) -> dict[str, Any]:
+                progress: Callable[[int], None], judge: Mapping[str, Any] | None) -> dict[str, Any]:
     prompts = list(dataset["prompt"])
     completions: list[str] = []
     for start in range(0, len(prompts), batch_size):

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
-from yaml.events import AliasEvent, CollectionStartEvent
+from yaml.events import AliasEvent, CollectionStartEvent, ScalarEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from barctl.errors import Issue, ManifestError
@@ -121,15 +121,17 @@ class _Alias:
     """A use of an anchor: the shared node and where the `*alias` was written."""
 
     target: Node
-    start_mark: yaml.Mark
+    start_mark: Any  # a yaml Mark
 
 
 def _load(raw: bytes, filename: str, max_bytes: int, max_nodes: int) -> LoadedYaml:
     text = _decode(raw, max_bytes)
     root = _compose(text)
-    target, mark = _unalias(root) if root is not None else (None, None)
-    if target is None or (isinstance(target, ScalarNode) and _resolve(target, ()) is None):
-        raise _Problem("the manifest is empty", _position(mark) if mark else None)
+    if root is None:
+        raise _Problem("the manifest is empty")
+    target, mark = _unalias(root)
+    if isinstance(target, ScalarNode) and _resolve(target, ()) is None:
+        raise _Problem("the manifest is empty", _position(mark))
     if not isinstance(target, MappingNode):
         message = f"the manifest must be a mapping of `key: value` lines, not {_kind(target)}"
         raise _Problem(message, _position(mark))
@@ -158,7 +160,8 @@ def _text_position(text: str, index: int) -> Position:
     return len(breaks) + 1, index - line_start + 1
 
 
-def _position(mark: yaml.Mark) -> Position:
+def _position(mark: Any) -> Position:
+    """Where a yaml Mark points (PyYAML's stubs make every event's mark optional; the parser always sets it)."""
     return mark.line + 1, mark.column + 1
 
 
@@ -176,11 +179,13 @@ class _Composer(yaml.SafeLoader):
         super().__init__(text)
         self._depth = 0
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node | _Alias:
+    # An alias comes back as an _Alias (the shared node and where the alias is), which _Builder unwraps.
+    def compose_node(self, parent: Node | None, index: Any) -> Node | _Alias | None:  # type: ignore[override]
         event = self.peek_event()
         if isinstance(event, AliasEvent):
-            return _Alias(super().compose_node(parent, index), event.start_mark)
-        self._check_event(event)
+            return _Alias(cast(Node, super().compose_node(parent, index)), event.start_mark)
+        if isinstance(event, (ScalarEvent, CollectionStartEvent)):
+            self._check_event(event)
         if not isinstance(event, CollectionStartEvent):
             return super().compose_node(parent, index)
         self._depth += 1
@@ -191,7 +196,7 @@ class _Composer(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
-    def _check_event(self, event: yaml.Event) -> None:
+    def _check_event(self, event: ScalarEvent | CollectionStartEvent) -> None:
         if event.tag is not None:
             tag = event.tag.replace("tag:yaml.org,2002:", "!!", 1)
             raise _Problem(f"YAML tags are not allowed (found {tag!r})", _position(event.start_mark))
@@ -285,7 +290,7 @@ class _Builder:
         with self._entering(target, mark, path):
             if isinstance(target, SequenceNode):
                 return [self.build(item, path + (index,)) for index, item in enumerate(target.value)]
-            return self._mapping(target, path)
+            return self._mapping(cast(MappingNode, target), path)  # neither a scalar nor a sequence
 
     def _mapping(self, node: MappingNode, path: YamlPath) -> dict[str, Any]:
         result = {}
@@ -352,7 +357,7 @@ def _merge_sources(value_node: Node | _Alias, path: YamlPath) -> list[tuple[Mapp
     sources = [_unalias(item) for item in items]
     if not all(isinstance(source, MappingNode) for source, _ in sources):
         raise _Problem("the merge key '<<' needs a mapping or a list of mappings", _position(mark), path)
-    return sources
+    return [(cast(MappingNode, source), source_mark) for source, source_mark in sources]
 
 
 def _key(target: Node, mark: yaml.Mark, path: YamlPath) -> str:

@@ -94,11 +94,14 @@ def _write_slots(
 def _merged_router(family: Family, experts: list[CheckpointReader], layer: int) -> torch.Tensor:
     """Row 0 = mean of the experts' anchor rows, row i = expert i's own row."""
     name = family.router_name(layer)
-    rows, anchor_sum = [], None
+    rows: list[torch.Tensor] = []
+    anchor_sum: torch.Tensor | None = None
     for expert in experts:
         router = expert.get(name)
         anchor_sum = router[0].to(torch.float32) if anchor_sum is None else anchor_sum + router[0].to(torch.float32)
         rows.append(router[1])
+    if anchor_sum is None:
+        raise BarctlError("a merge needs at least one expert")
     dtype = rows[0].dtype
     return torch.stack([(anchor_sum / len(experts)).to(dtype)] + [r.to(dtype) for r in rows])
 
@@ -132,9 +135,9 @@ def _check_expert(family: Family, anchor: CheckpointReader, expert: CheckpointRe
         raise BarctlError(f"{expert.dir} does not match the anchor's tensors: {detail}")
     hidden = int(anchor.config["hidden_size"])
     for name in sorted(names):
-        parsed = family.parse_expert(name)
-        if parsed is not None:
-            reference = anchor.shape_of(family.dense_ffn_name(parsed[0], parsed[2]))
+        slot = family.parse_expert(name)
+        if slot is not None:
+            reference = anchor.shape_of(family.dense_ffn_name(slot[0], slot[2]))
         elif family.parse_router(name) is not None:
             reference = (2, hidden)
         else:

@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from barctl.errors import BarctlError
 from barctl.model.families import moe_family_for_moe_config
@@ -104,15 +104,17 @@ def apply_trainable(model: nn.Module, groups: Iterable[str], *, freeze_anchor_ro
 
 
 def _is_tied(model: nn.Module) -> bool:
-    output = model.get_output_embeddings()
-    return output is not None and output.weight is model.get_input_embeddings().weight
+    loaded: Any = model  # a transformers model: mypy reads its methods as module attributes
+    output = loaded.get_output_embeddings()
+    return output is not None and output.weight is loaded.get_input_embeddings().weight
 
 
 def _zero_slot0(param: torch.Tensor) -> None:
     # slot 0 is the first expert of a fused expert tensor, or the first row of a router weight
     # After accumulation, in place: no copy of the whole (all slots) gradient per step, and it
     # still runs before gradient clipping, so slot 0 never counts in the gradient norm.
-    param.grad[0].zero_()
+    if param.grad is not None:  # the hook runs after accumulation: always set
+        param.grad[0].zero_()
 
 
 class AnchorGuard:
@@ -198,7 +200,7 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 def _slot0(source: ModelOrDir | Mapping) -> Iterator[dict[str, Callable[[], torch.Tensor]]]:
     """`layers.<i>.<proj>` -> a function giving slot 0 of that tensor, read lazily from a directory."""
     if isinstance(source, Mapping):
-        yield {key: (lambda t=tensor: t) for key, tensor in source.items()}
+        yield {key: _returning(tensor) for key, tensor in source.items()}
     elif isinstance(source, (str, Path)):
         from barctl.model.checkpoint import CheckpointReader
 
@@ -206,21 +208,31 @@ def _slot0(source: ModelOrDir | Mapping) -> Iterator[dict[str, Callable[[], torc
             yield _slot0_of_dir(reader)
     else:
         params = dict(source.named_parameters())
-        yield {key: get for name in params for key, get in _slot0_fused(name, lambda n=name: params[n].detach())}
+        yield {key: get for name in params
+               for key, get in _slot0_fused(name, _reading(lambda n: params[n].detach(), name))}
 
 
 def _slot0_of_dir(reader) -> dict[str, Callable[[], torch.Tensor]]:
     family = moe_family_for_moe_config(reader.config)
-    slots = {}
+    slots: dict[str, Callable[[], torch.Tensor]] = {}
     for name in reader.names():
         parsed, router_layer = family.parse_expert(name), family.parse_router(name)
         if router_layer is not None:
-            slots[f"layers.{router_layer}.router"] = lambda n=name: reader.get(n)[0]
+            slots[f"layers.{router_layer}.router"] = _reading(lambda n: reader.get(n)[0], name)
         elif parsed is None:
-            slots.update(_slot0_fused(name, lambda n=name: reader.get(n)))
+            slots.update(_slot0_fused(name, _reading(reader.get, name)))
         elif parsed[1] == 0:
-            slots[f"layers.{parsed[0]}.{parsed[2]}"] = lambda n=name: reader.get(n)
+            slots[f"layers.{parsed[0]}.{parsed[2]}"] = _reading(reader.get, name)
     return slots
+
+
+def _returning(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:
+    return lambda: tensor
+
+
+def _reading(get: Callable[[str], torch.Tensor], name: str) -> Callable[[], torch.Tensor]:
+    """Reads `name` when called (a directory's tensors load lazily, one at a time)."""
+    return lambda: get(name)
 
 
 def _slot0_fused(name: str, get: Callable[[], torch.Tensor]) -> list[tuple[str, Callable[[], torch.Tensor]]]:

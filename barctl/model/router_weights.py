@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,13 @@ def random_router(moe_dir: Path, out_file: Path, seed: int) -> None:
 
 def router_weights(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The router weight of every layer of a loaded MoE (Mixtral and FlexOlmo both keep it at `mlp.gate`)."""
-    return [layer.mlp.gate.weight for layer in model.model.layers]
+    return [layer.mlp.gate.weight for layer in decoder_layers(model)]
+
+
+def decoder_layers(model: torch.nn.Module) -> list[Any]:
+    """The decoder layers of a loaded causal LM (`model.model.layers` in every family barctl supports)."""
+    loaded: Any = model  # mypy reads submodules as `Tensor | Module`
+    return list(loaded.model.layers)
 
 
 @contextmanager
@@ -61,9 +68,10 @@ def captured_router_logits(model: torch.nn.Module) -> Iterator[list[torch.Tensor
 
     def capture(module: torch.nn.Module, args: tuple) -> None:
         hidden = args[0]
-        logits.append(F.linear(hidden.reshape(-1, hidden.shape[-1]).float(), module.weight.float()))
+        weight: Any = module.weight
+        logits.append(F.linear(hidden.reshape(-1, hidden.shape[-1]).float(), weight.float()))
 
-    handles = [gate.register_forward_pre_hook(capture) for gate in gates]
+    handles = [gate.register_forward_pre_hook(capture) for gate in gates if gate is not None]
     try:
         yield logits
     finally:
@@ -101,8 +109,9 @@ def _in_layer_order(tensors: dict[str, torch.Tensor]) -> list[str]:
 def mean_ffn_inputs(model: torch.nn.Module, tokenizer, texts: list[str], *, max_length: int = 512,
                     batch_size: int = 8) -> torch.Tensor:
     """[layers, hidden]: the mean over the texts' tokens of what each layer's FFN receives (the router's input)."""
-    layers = model.model.layers
-    sums = torch.zeros(len(layers), model.config.hidden_size, dtype=torch.float64)
+    layers = decoder_layers(model)
+    config: Any = model.config
+    sums = torch.zeros(len(layers), config.hidden_size, dtype=torch.float64)
     count = 0
     mask: list[torch.Tensor] = []
 

@@ -91,6 +91,8 @@ class _Located:
 
     @property
     def gguf_path(self) -> Path:
+        if self.gguf_file is None:
+            raise BarctlError(f"{self.dir} is a model directory, not a GGUF file")
         return self.dir / self.gguf_file
 
 
@@ -132,9 +134,10 @@ def card_facts(spec: Mapping[str, Any]) -> dict[str, str]:
 
 def _gguf_facts(path: Path) -> dict[str, str]:
     fields = read_gguf_meta(path).fields
-    facts = {}
-    if isinstance(fields.get("general.license"), str):
-        facts["license"] = fields["general.license"]
+    facts: dict[str, str] = {}
+    licence = fields.get("general.license")
+    if isinstance(licence, str):
+        facts["license"] = licence
     url = fields.get("general.source.repo_url") or fields.get("general.source.url")
     prefix = "https://huggingface.co/"
     if isinstance(url, str) and url.startswith(prefix) and url[len(prefix):].count("/") == 1:
@@ -169,7 +172,7 @@ def materialise(spec: Mapping[str, Any], out_dir: Path) -> None:
         _link_hf_dir(loc.dir, out_dir)
 
 
-def _locate_local(spec: dict) -> _Located:
+def _locate_local(spec: Mapping[str, Any]) -> _Located:
     if "package" in spec:
         root = package_dir(spec["package"])
         target = root / spec["file"] if spec.get("file") else root
@@ -221,7 +224,7 @@ def _hub_file(repo: str, revision: str | None, filename: str) -> Path:
         raise _hub_error(repo, revision, e) from None
 
 
-def _snapshot(spec: dict, patterns: list[str]) -> _Located:
+def _snapshot(spec: Mapping[str, Any], patterns: list[str]) -> _Located:
     from huggingface_hub import snapshot_download
 
     repo, revision, gguf_file = spec["hub"], spec.get("revision"), spec.get("gguf_file")

@@ -42,8 +42,8 @@ def write_anchor(param: nn.Parameter, anchor: torch.Tensor) -> None:
         import torch.distributed as dist
         from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
 
-        partition = param.ds_tensor
-        start = partition.numel() * dist.get_rank(group=param.ds_process_group)
+        partition = getattr(param, "ds_tensor")  # DeepSpeed's attributes, set at run time
+        start = partition.numel() * dist.get_rank(group=getattr(param, "ds_process_group"))
         _write_overlap(partition.data.view(-1), start, flat)
         master = safe_get_local_fp32_param(param)
         if master is not None:  # None until the optimiser exists, or for a frozen parameter
@@ -64,8 +64,8 @@ def anchor_part(param: nn.Parameter, anchor: torch.Tensor) -> tuple[torch.Tensor
     if hasattr(param, "ds_id"):
         import torch.distributed as dist
 
-        partition = param.ds_tensor.data.view(-1)
-        start = partition.numel() * dist.get_rank(group=param.ds_process_group)
+        partition = getattr(param, "ds_tensor").data.view(-1)  # DeepSpeed's attributes
+        start = partition.numel() * dist.get_rank(group=getattr(param, "ds_process_group"))
         end = min(start + partition.numel(), flat.numel())
         return (partition[: end - start], flat[start:end]) if start < end else None
     return param.data[0].reshape(-1), flat

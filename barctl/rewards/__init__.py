@@ -8,7 +8,8 @@ every other dataset column arrives as a keyword argument (extra ones are ignored
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from barctl.errors import BarctlError
 from barctl.rewards.code_tests import code_tests
@@ -27,7 +28,7 @@ BUILTIN: dict[str, Callable] = {
 }
 
 
-def resolve(name: str, judge: dict | None = None) -> Callable:
+def resolve(name: str, judge: Mapping[str, Any] | None = None) -> Callable:
     """The reward function called ``name``: a built-in, or ``module:function``.
 
     ``module:function`` imports that module, which runs its code: the manifest's

@@ -8,6 +8,7 @@ anything trains, each problem at its YAML location.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from barctl.data.peek import PeekError, peek
 from barctl.engine.graph import stage_datasets
 from barctl.errors import BarctlError, Issue
 from barctl.manifest.recipe import EVAL_COLUMNS, Recipe
+from barctl.manifest.yamlload import YamlPath
 from barctl.rewards.judge import judge_settings
 from barctl.rewards.symbolic import EXTRA_HINT, available
 
@@ -23,6 +25,7 @@ from barctl.rewards.symbolic import EXTRA_HINT, available
 def grader_issues(recipe: Recipe) -> list[Issue]:
     """Every problem of the manifest's evaluation metrics and GRPO rewards."""
     issues = []
+    where: YamlPath
     for domain, spec in recipe.evals.get("domains", {}).items():
         where = ("evals", "domains", domain)
         issues += _grader_issues(recipe, where, "metric", spec["metric"], spec.get("judge"))
@@ -35,7 +38,8 @@ def grader_issues(recipe: Recipe) -> list[Issue]:
     return issues
 
 
-def _grader_issues(recipe: Recipe, where: tuple, field: str, name: str, judge: dict | None) -> list[Issue]:
+def _grader_issues(recipe: Recipe, where: YamlPath, field: str, name: str, judge: Mapping[str, Any] | None
+                   ) -> list[Issue]:
     issues = []
     if name == "math_verify" and not available():
         issues.append(recipe.issue(where + (field,), EXTRA_HINT))
@@ -49,10 +53,10 @@ def _grader_issues(recipe: Recipe, where: tuple, field: str, name: str, judge: d
     return issues
 
 
-def judge_problems(judge: dict[str, Any], path: Path) -> list[tuple[tuple, str]]:
+def judge_problems(judge: Mapping[str, Any], path: Path) -> list[tuple[YamlPath, str]]:
     """(key within the judge, problem) for each setting the judge cannot run with."""
     settings = judge_settings(judge)
-    problems = []
+    problems: list[tuple[YamlPath, str]] = []
     if not path.is_dir():
         problems.append((("path",), f"no model directory at {path}"))
     if settings["kind"] == "classifier" and "refusal_labels" not in judge:
@@ -77,7 +81,7 @@ def judge_problems(judge: dict[str, Any], path: Path) -> list[tuple[tuple, str]]
     return problems
 
 
-def _column_issues(recipe: Recipe, where: tuple, reward: str, datasets: list[str]) -> list[Issue]:
+def _column_issues(recipe: Recipe, where: YamlPath, reward: str, datasets: list[str]) -> list[Issue]:
     """A built-in reward whose columns a dataset of its stage lacks."""
     issues = []
     for name in datasets:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from barctl.manifest.schema import defaults
@@ -28,7 +28,7 @@ from barctl.rewards.completion import completion_text, prompt_text
 from barctl.rewards.refusal import harmful_flag
 
 
-def judge_settings(spec: dict[str, Any]) -> dict[str, Any]:
+def judge_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A judge's settings with the schema's defaults filled in (the recipe keeps a judge as written, so that
     node keys stay as they were)."""
     return {**defaults("$defs", "judge"), **spec}
@@ -48,7 +48,8 @@ def _causal(path: str):
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path).to(_device()).eval()
+    model = AutoModelForCausalLM.from_pretrained(path)
+    model = model.to(_device()).eval()  # type: ignore[arg-type]  # mypy misreads transformers' wrapped `to`
     return model, tokenizer
 
 
@@ -58,7 +59,7 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def judge_refusals(spec: dict[str, Any], prompts: list[str], replies: list[str]) -> list[bool]:
+def judge_refusals(spec: Mapping[str, Any], prompts: list[str], replies: list[str]) -> list[bool]:
     """Whether each reply refused its prompt, in the judge model's opinion."""
     settings = judge_settings(spec)
     texts = [settings["template"].format(prompt=p, response=r) for p, r in zip(prompts, replies, strict=True)]
@@ -85,7 +86,7 @@ def _generate(settings: dict[str, Any], texts: list[str]) -> list[str]:
     return verdicts
 
 
-def judged_refusal(spec: dict[str, Any]) -> Callable[..., list[float]]:
+def judged_refusal(spec: Mapping[str, Any]) -> Callable[..., list[float]]:
     """The refusal reward with ``spec``'s judge model deciding what a refusal is."""
 
     def refusal(prompts: list, completions: list, harmful: list, **kwargs: Any) -> list[float]:

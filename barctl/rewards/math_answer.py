@@ -165,7 +165,7 @@ def final_value(answer: str) -> str | None:
 
 
 def _close(a: Fraction, b: Fraction) -> bool:
-    return a == b or abs(a - b) <= TOLERANCE * max(1, abs(b))
+    return a == b or abs(a - b) <= TOLERANCE * max(Fraction(1), abs(b))
 
 
 def answers_match(predicted: str, reference: str) -> bool:

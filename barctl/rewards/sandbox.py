@@ -155,12 +155,14 @@ def _run(code: str, namespaces: bool, nobody: bool, timeout_s: float, memory_mb:
         try:
             return _supervise(proc, time.monotonic() + timeout_s, timeout_s, max_output_bytes)
         finally:
-            proc.stdin.close()
+            if proc.stdin is not None:
+                proc.stdin.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _supervise(proc: subprocess.Popen, deadline: float, timeout_s: float, cap: int) -> SandboxResult:
+    assert proc.stdout is not None and proc.stderr is not None  # started with PIPE
     output = {proc.stdout: bytearray(), proc.stderr: bytearray()}
     stop = _read_capped(output, deadline, cap)
     if stop is None:

@@ -173,6 +173,7 @@ def _arguments_match(got: dict, want: dict, properties: dict, *, alternatives: b
     for name in got.keys() | want.keys():
         spec = properties.get(name) if isinstance(properties.get(name), dict) else None
         default = spec.get("default", _NO_DEFAULT) if spec else _NO_DEFAULT
+        options: list[Any]
         if name not in want:
             options = []
         elif alternatives:

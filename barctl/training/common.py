@@ -8,7 +8,7 @@ import functools
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,7 @@ def stop_router_logits(model: PreTrainedModel) -> None:
         model.config.output_router_logits = False
 
 
-def stage_dataset(recipe: Recipe, mix: dict[str, Any]) -> datasets.Dataset:
+def stage_dataset(recipe: Recipe, mix: Mapping[str, Any]) -> datasets.Dataset:
     """The stage's mix, drawn from its datasets (local paths resolved against the manifest's directory).
 
     Its `source` column (the dataset a row came from) stays: GRPO rewards may read it, and
@@ -282,10 +282,13 @@ def train(trainer: Trainer, say: Callable[[str], None]) -> None:
     for callback in (PrinterCallback, ProgressCallback):  # barctl reports progress itself
         trainer.remove_callback(callback)
     trainer.add_callback(SkipFinalCheckpoint())
-    checkpoint = last_checkpoint(Path(trainer.args.output_dir))
+    model, output_dir = trainer.model, trainer.args.output_dir
+    if not isinstance(model, PreTrainedModel) or output_dir is None:  # barctl's trainers always have both
+        raise BarctlError("a trainer needs a transformers model and an output directory")
+    checkpoint = last_checkpoint(Path(output_dir))
     if checkpoint is not None:
         if not trainer.is_deepspeed_enabled:  # DeepSpeed resumes from its own, strictly loaded, state files
-            check_resumable(trainer.model, checkpoint)
+            check_resumable(model, checkpoint)
         say(f"resuming from {checkpoint.name}")
     if trainer.is_deepspeed_enabled:
         from barctl.model.zero import moe_blocks_as_leaves
@@ -308,7 +311,7 @@ def checkpoints_as_trained(model: PreTrainedModel) -> Iterator[None]:
     default saves them under the legacy per-expert names; the Trainer resumes with a plain
     `load_state_dict(strict=False)`, which would skip every expert and router tensor.
     """
-    model.save_pretrained = functools.partial(model.save_pretrained, save_original_format=False)
+    setattr(model, "save_pretrained", functools.partial(model.save_pretrained, save_original_format=False))
     try:
         yield
     finally:

@@ -50,7 +50,7 @@ _SINGLE_PROCESS_TYPES = {"NO", "MULTI_CPU"}
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def stage_launcher(recipe: Recipe, node_id: str) -> dict[str, Any]:
+def stage_launcher(recipe: Recipe, node_id: str) -> Launcher:
     """The launcher a stage node declares (`local` when it declares none)."""
     parts = node_id.split(".", 2)
     for expert in recipe.experts:
@@ -120,7 +120,7 @@ def _distributed_type(config_file: Path) -> str | None:
     return str(value).upper() if value is not None else None
 
 
-def _multi_node_options(launcher: dict[str, Any], env: Mapping[str, str], machine_rank: int | None) -> list[str]:
+def _multi_node_options(launcher: Launcher, env: Mapping[str, str], machine_rank: int | None) -> list[str]:
     rank = machine_rank if machine_rank is not None else _first(env, "NODE_RANK", "SLURM_NODEID")
     address = launcher.get("main_process_ip") or env.get("MASTER_ADDR") or _first_slurm_host(env)
     port = launcher.get("main_process_port") or env.get("MASTER_PORT")
@@ -162,7 +162,7 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def run_with_accelerate(ctx: NodeContext, launcher: dict[str, Any]) -> dict[str, Any]:
+def run_with_accelerate(ctx: NodeContext, launcher: Launcher) -> dict[str, Any]:
     """Train the stage in processes started by accelerate; move the model into `ctx.out`; return the metrics."""
     command = accelerate_command(launcher, ctx.recipe, ctx.node.id)
     ctx.say("launching: " + " ".join(command[1:]))

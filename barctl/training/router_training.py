@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import datasets
 import numpy as np
@@ -101,8 +101,8 @@ def build_router_trainer(model, tokenizer: PreTrainedTokenizerBase, dataset: dat
     """The SFT trainer for router training, with the balancing loss and the z-loss the recipe asks for."""
     model.config.router_aux_loss_coef = float(train["aux_loss_weight"])
     model.config.output_router_logits = train["aux_loss_weight"] > 0
-    trainer = sft.build_trainer({"training": train["training"]}, model, tokenizer, dataset, output_dir,
-                                trainer_class=RouterTrainer)
+    trainer = cast(RouterTrainer, sft.build_trainer({"training": train["training"]}, model, tokenizer, dataset,
+                                                    output_dir, trainer_class=RouterTrainer))
     trainer.z_loss_weight = float(train.get("z_loss_weight", 0.0))
     return trainer
 
