@@ -16,11 +16,12 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
+    from typing_extensions import Self
 
 ENV = "BARCTL_PROGRESS"
 MODES = ("bars", "lines", "off")

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 
+from barctl.evaluate.harness import task_settings
 from barctl.manifest import schema
 from barctl.manifest.recipe import STAGE_KINDS, Recipe, load_recipe
 from barctl.rewards.judge import judge_settings
 from tests.projects import make_project, tiny_manifest
 
 JUDGE = {"path": "tok"}
+LM_EVAL = {"metric": "lm_eval", "task": "arc_easy", "limit": None}
 
 # Schema pointer of each `default` -> where the recipe keeps that setting, for a manifest that leaves it out:
 # `r` declares every optional section, `p` is the plainest manifest (no datasets, stages or routing).
@@ -42,6 +44,10 @@ WHERE: dict[str, Callable[[Recipe, Recipe], Any]] = {
     "properties/evals/properties/models": lambda r, p: r.evals["models"],
     "properties/evals/properties/expert_domains": lambda r, p: r.evals["expert_domains"],
     "properties/evals/properties/routing_report": lambda r, p: r.evals["routing_report"],
+    "properties/evals/properties/precision": lambda r, p: r.evals["precision"],
+    "properties/baselines": lambda r, p: list(p.baselines),
+    "$defs/eval_domain/properties/apply_chat_template": lambda r, p: task_settings(LM_EVAL)["apply_chat_template"],
+    "$defs/eval_domain/properties/unsafe_code": lambda r, p: task_settings(LM_EVAL)["unsafe_code"],
     "$defs/model_source/properties/random/properties/seed": lambda r, p: 0,  # read where the anchor is drawn (model/source.py)
     "$defs/dataset/properties/split": lambda r, p: r.datasets["chat"]["split"],
     "$defs/reward/properties/weight": lambda r, p: r.expert("math").stages[1].rewards[0]["weight"],

@@ -43,7 +43,7 @@ def test_without_flock_the_lock_is_a_file_naming_its_holder_and_says_so(tmp_path
     state = tmp_path / ".barctl"
     first = StateLock(state)
     info = first.acquire("barctl apply one")
-    [warned] = [r for r in caplog.records if r.name == "barctl.lock"]
+    [warned] = [r for r in caplog.records if r.name == "barctl.engine.lock"]
     assert warned.levelname == "WARNING" and f"{state} is on a filesystem without flock" in warned.getMessage()
     assert (state / "state.softlock").read_text().split("\n")[0] == str(os.getpid())
     with pytest.raises(BarctlError) as refused:
@@ -59,7 +59,7 @@ def test_without_flock_a_killed_holder_on_this_host_is_taken_over(tmp_path, with
     state = tmp_path / ".barctl"
     holder = subprocess.Popen(
         [sys.executable, "-c", FAILING_FLOCK.format(name=without_flock)
-         + "from pathlib import Path\nfrom barctl.lock import StateLock\n"
+         + "from pathlib import Path\nfrom barctl.engine.lock import StateLock\n"
          + f"StateLock(Path({str(state)!r})).acquire('barctl apply killed')\n"
          + "print('held', flush=True)\nimport time\ntime.sleep(600)\n"],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -92,5 +92,5 @@ def test_with_flock_there_is_no_warning_and_no_lock_file(tmp_path, caplog):
     lock = StateLock(tmp_path / ".barctl")
     lock.acquire("barctl apply")
     assert not (tmp_path / ".barctl" / "state.softlock").exists()
-    assert not [r for r in caplog.records if r.name == "barctl.lock"]
+    assert not [r for r in caplog.records if r.name == "barctl.engine.lock"]
     lock.release()

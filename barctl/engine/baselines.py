@@ -26,6 +26,7 @@ from typing import Any
 
 from barctl.errors import Issue, UnsupportedModel
 from barctl.manifest.recipe import STAGE_KINDS, Recipe, Stage
+from barctl.manifest.sections import Mix, Reward
 from barctl.model.families import family_for
 
 BASELINES = ("btx", "retrain")
@@ -41,7 +42,7 @@ class RetrainStage:
     def node_id(self) -> str:
         return f"retrain.{self.kind}"
 
-    def mixes(self) -> list[dict[str, Any]]:
+    def mixes(self) -> list[Mix]:
         return [stage.mix for _, stage in self.parts if stage.mix is not None]
 
     def training(self) -> dict[str, Any]:
@@ -54,7 +55,7 @@ class RetrainStage:
             training["max_length"] = max(lengths)
         return {k: v for k, v in training.items() if v is not None}
 
-    def rewards(self) -> list[dict[str, Any]]:
+    def rewards(self) -> list[Reward]:
         return list(self.parts[0][1].rewards)
 
 

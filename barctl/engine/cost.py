@@ -124,8 +124,9 @@ def plan_costs(recipe: Recipe, node_ids: list[str]) -> dict[str, dict[str, Any]]
     for retrain in retrain_stages(recipe):
         if retrain.node_id in wanted:
             rows = [mix_rows(mix) for mix in retrain.mixes()]
+            known = [r for r in rows if r is not None]
             costs[retrain.node_id] = node_cost(retrain.kind, retrain.training(),
-                                               None if None in rows else sum(rows), dense_compute)
+                                               sum(known) if len(known) == len(rows) else None, dense_compute)
     train = recipe.routing["train"]
     merged = family.moe_config(dense, num_experts=len(recipe.experts) + 1, top_k=resolved_top_k(recipe))
     for router in ("router", "btx.router"):

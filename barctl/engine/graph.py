@@ -181,7 +181,7 @@ def _router_inputs(recipe: Recipe, merge: str, base: str) -> list[str]:
     return [merge, base] if recipe.routing["init"] in ("embedding", "prompts") else [merge]
 
 
-def _add_baselines(b: "_Builder", recipe: Recipe, fingerprints: "Fingerprints", base: str) -> dict[str, list[str]]:
+def _add_baselines(b: _Builder, recipe: Recipe, fingerprints: Fingerprints, base: str) -> dict[str, list[str]]:
     """The nodes of the declared baselines (barctl.engine.baselines); baseline -> the inputs of its evaluation."""
     evaluated = {}
     if "btx" in recipe.baselines:
@@ -201,10 +201,10 @@ def _add_baselines(b: "_Builder", recipe: Recipe, fingerprints: "Fingerprints", 
                                          _router_inputs(recipe, merge, base))]
     if "retrain" in recipe.baselines:
         head = base
-        for stage in retrain_stages(recipe):
-            config = retrain_config(stage)
+        for retrain in retrain_stages(recipe):
+            config = retrain_config(retrain)
             names = sorted({s["dataset"] for mix in config["mixes"].values() for s in mix["sources"]})
-            head = b.add(stage.node_id, stage.kind, config, [head], _data(recipe, fingerprints, names))
+            head = b.add(retrain.node_id, retrain.kind, config, [head], _data(recipe, fingerprints, names))
         evaluated["retrain"] = [head]
     return evaluated
 
@@ -215,7 +215,7 @@ def retrain_config(stage: RetrainStage) -> dict[str, Any]:
             "trainable": list(ALL_TRAINABLE), "training": stage.training(), "rewards": stage.rewards(), "dense": True}
 
 
-def _data(recipe: Recipe, fingerprints: "Fingerprints", names: list[str]) -> dict[str, Any]:
+def _data(recipe: Recipe, fingerprints: Fingerprints, names: list[str]) -> dict[str, Any]:
     return {name: fingerprints.dataset(recipe.datasets[name]) for name in names}
 
 
@@ -233,7 +233,7 @@ def router_config(recipe: Recipe) -> dict[str, Any]:
     return config
 
 
-def _add_evals(b: "_Builder", recipe: Recipe, fingerprints: "Fingerprints", base: str,
+def _add_evals(b: _Builder, recipe: Recipe, fingerprints: Fingerprints, base: str,
                expert_heads: dict[str, str], merge: str, router: str, baselines: dict[str, list[str]]) -> list[str]:
     """One eval node per evaluated model (the anchor, each expert's last stage, the merged model); the gates'
     inputs. The baselines' evaluations are left out of those: gates judge BAR's models."""

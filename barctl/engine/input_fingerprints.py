@@ -51,8 +51,9 @@ class ProjectFingerprints:
             found = {**found, "files": {self._relative(Path(f)): d for f, d in found["files"].items()}}
         return found
 
-    def lm_eval_task(self, domain: dict[str, Any]) -> Any:
-        """An lm_eval domain's lm-eval version and, for a task of the project's own, its files (barctl.evaluate.lm_eval_tasks)."""
+    def lm_eval_task(self, domain: Mapping[str, Any]) -> Any:
+        """An lm_eval domain's lm-eval version and, for a task of the project's own, its files
+        (barctl.evaluate.lm_eval_tasks)."""
         from barctl.evaluate.lm_eval_tasks import fingerprint as task_fingerprint
 
         include_path = self.recipe.resolve(domain["include_path"]) if domain.get("include_path") else None

@@ -46,7 +46,7 @@ class Plan:
     trainable: dict[str, int] = field(default_factory=dict)  # stage node -> trainable parameters
     costs: dict[str, dict[str, Any]] = field(default_factory=dict)  # training node -> tokens, FLOPs (engine/cost.py)
     cost_total: dict[str, Any] = field(default_factory=dict)
-    memory: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> estimated peak bytes (barctl.engine.memory)
+    memory: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> estimated peak bytes (engine/memory.py)
     format: int = PLAN_FORMAT
 
     @property

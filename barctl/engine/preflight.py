@@ -18,6 +18,7 @@ from barctl.engine.graph import stage_datasets
 from barctl.errors import BarctlError, Issue, UnsupportedModel
 from barctl.evaluate.lm_eval_tasks import plan_issues as lm_eval_issues
 from barctl.manifest.recipe import EVAL_COLUMNS, Recipe
+from barctl.manifest.sections import EvalDomain
 from barctl.manifest.yamlload import YamlPath
 from barctl.model.families import family_for
 from barctl.model.source import describe
@@ -156,7 +157,7 @@ def _eval_data_warnings(recipe: Recipe) -> list[Issue]:
             for domain, spec in _dataset_domains(recipe).items() if spec["dataset"] in trained]
 
 
-def _dataset_domains(recipe: Recipe) -> dict[str, dict]:
+def _dataset_domains(recipe: Recipe) -> dict[str, EvalDomain]:
     """The evaluation domains that read a dataset of the manifest (lm_eval domains read their task's)."""
     return {name: spec for name, spec in recipe.evals.get("domains", {}).items() if "dataset" in spec}
 
@@ -199,10 +200,10 @@ def _vllm_issues(recipe: Recipe) -> list[Issue]:
     only), or without the vllm package, where the manifest says it."""
     import importlib.util
 
-    issues = {}
+    issues: dict[YamlPath, Issue] = {}
     for expert in recipe.experts:
         for index, stage in enumerate(expert.stages):
-            own = ("experts", expert.name, "stages", index, "training", "use_vllm")
+            own: YamlPath = ("experts", expert.name, "stages", index, "training", "use_vllm")
             if not stage.training.get("use_vllm"):
                 continue
             if stage.kind != "grpo" and own in recipe.document.positions:

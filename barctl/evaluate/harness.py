@@ -12,6 +12,7 @@ group's unweighted mean) keeps one row [score, stderr], lm-eval's standard error
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def evaluate_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, do
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    settings = {**defaults("$defs", "eval_domain"), **domain}  # the recipe keeps lm_eval domains as written
+    settings = task_settings(domain)
     manager, spec = _task(domain["task"], include_path)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=domain["generation"]["batch_size"])
     try:
@@ -63,12 +64,18 @@ def _task(task: str, include_path: Path | None) -> tuple[Any, str | dict[str, An
     return manager, config or task
 
 
+def task_settings(domain: Mapping[str, Any]) -> dict[str, Any]:
+    """The domain with the schema's defaults filled in (the recipe keeps lm_eval domains as written, so that
+    their keys stay as they were)."""
+    return {**defaults("$defs", "eval_domain"), **domain}
+
+
 def task_result(output: dict[str, Any], task: str, task_metric: str | None) -> dict[str, Any]:
     """barctl's result of an lm-eval run: score, n, rows, the metric, its stderr, and a few samples."""
     reported = output["results"][task]
     metrics = [key for key in reported if key not in _NOT_METRICS and "_stderr," not in key]
     chosen = task_metric or (metrics[0] if metrics else None)
-    if chosen not in metrics:
+    if chosen is None or chosen not in metrics:
         raise BarctlError(f"{task}: lm-eval reports no metric {chosen!r}; it reports {', '.join(metrics) or 'none'}")
     name, kept = chosen.split(",", 1)
     higher = _higher_is_better(output, task, name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ def builtin_tasks(state_dir: Path) -> set[str]:
     return set(names)
 
 
-def task_issues(domain: dict[str, Any], include_path: Path | None, state_dir: Path) -> list[tuple[str, str]]:
+def task_issues(domain: Mapping[str, Any], include_path: Path | None, state_dir: Path) -> list[tuple[str, str]]:
     """(field, problem) for a domain whose task lm-eval cannot run: not installed, no such task or folder."""
     if version() is None:
         return [("metric", EXTRA_HINT)]
@@ -67,9 +68,10 @@ def task_issues(domain: dict[str, Any], include_path: Path | None, state_dir: Pa
                                           "needs include_path: the folder of its YAML")]
     if not include_path.is_dir():
         return [("include_path", f"no folder at {include_path}")]
-    if task_yaml(task, include_path) is None:
+    yaml_path = task_yaml(task, include_path)
+    if yaml_path is None:
         return [("task", f"no YAML in {include_path} defines a task or group named {task!r}")]
-    missing = [str(path) for path in data_files(task_yaml(task, include_path)).values() if not path.is_file()]
+    missing = [str(path) for path in data_files(yaml_path).values() if not path.is_file()]
     return [("task", f"its data file {path} does not exist") for path in missing]
 
 
@@ -106,7 +108,7 @@ def task_config(yaml_path: Path) -> dict[str, Any] | None:
     return {**config, "dataset_kwargs": {**config["dataset_kwargs"], "data_files": resolved}}
 
 
-def fingerprint(domain: dict[str, Any], include_path: Path | None, root: Path, cache: FingerprintCache) -> dict:
+def fingerprint(domain: Mapping[str, Any], include_path: Path | None, root: Path, cache: FingerprintCache) -> dict:
     """What keys an lm_eval domain's data: the lm-eval version and, for a local task, its files' digests."""
     found: dict[str, Any] = {"kind": "lm_eval", "version": version()}
     if include_path is None or found["version"] is None or not include_path.is_dir():

@@ -28,7 +28,7 @@ SAMPLES = 3  # rows shown in a result for a human to read
 def evaluate_domain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: datasets.Dataset,
                     metric: str, *, max_new_tokens: int = 256, batch_size: int = 8, max_length: int = 1024,
                     progress: Callable[[int], None] | None = None,
-                    judge: dict[str, Any] | None = None) -> dict[str, Any]:
+                    judge: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Score `model` on `dataset` (already in barctl's canonical columns) with `metric`.
 
     Every result has `score` (in [0, 1], higher is better), `n` (rows scored) and `rows`

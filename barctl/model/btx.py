@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -42,7 +43,7 @@ def merge_dense(anchor_dir: Path, expert_dirs: list[Path], out_dir: Path, *, top
                 for slot, expert in enumerate(experts, start=1):
                     writer.add(family.expert_name(parsed[0], slot, parsed[1]), expert.get(name).to(base.dtype))
                 continue
-            total = sum(expert.get(name).to(torch.float64) for expert in experts)
+            total = cast(torch.Tensor, sum(expert.get(name).to(torch.float64) for expert in experts))
             writer.add(name, (total / len(experts)).to(base.dtype))
             averaged += 1
         if ffn_dtype is None:

@@ -181,7 +181,9 @@ def _load_and_generate(model_dir: Path, out_dir: Path, max_new_tokens: int) -> d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True)
+        # (model, loading info): transformers' annotations know only the model
+        model, info = cast(tuple[Any, dict[str, Any]],
+                           AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True))
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise BarctlError(f"smoke test: stock transformers cannot load {out_dir}: {e}") from None

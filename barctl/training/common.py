@@ -293,9 +293,9 @@ def train(trainer: Trainer, say: Callable[[str], None]) -> None:
     if trainer.is_deepspeed_enabled:
         from barctl.model.zero import moe_blocks_as_leaves
 
-        moe_blocks_as_leaves(trainer.model)
+        moe_blocks_as_leaves(model)
     try:
-        with checkpoints_as_trained(trainer.model):
+        with checkpoints_as_trained(model):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:  # a failed run leaves no bar drawing on the terminal
         for callback in trainer.callback_handler.callbacks:

@@ -41,6 +41,7 @@ from barctl.engine.lock import atomic_write
 from barctl.engine.store import Store
 from barctl.errors import BarctlError
 from barctl.manifest.recipe import Recipe
+from barctl.manifest.sections import Launcher
 from barctl.progress import current_mode
 from barctl.runners import NodeContext
 
@@ -88,7 +89,7 @@ def context_path(recipe: Recipe, node_id: str) -> Path:
     return out.with_name(out.name + ".context.json")
 
 
-def accelerate_command(launcher: dict[str, Any], recipe: Recipe, node_id: str,
+def accelerate_command(launcher: Launcher, recipe: Recipe, node_id: str,
                        env: Mapping[str, str] | None = None, machine_rank: int | None = None) -> list[str]:
     """The `accelerate launch` command line of a stage, for this machine (`machine_rank`, else from `env`)."""
     env = os.environ if env is None else env
