@@ -62,7 +62,8 @@ def test_a_damaged_artifact_found_by_a_content_check_shows_in_the_next_plan(buil
 
 LOCK_CASES = [
     ("cut at an entry", lambda text: text[: text.index("\n  merge:\n") + 1], "is cut short"),
-    ("cut mid-line", lambda text: text[: len(text) // 2], "is damaged"),
+    # Half a lockfile may or may not parse as YAML: either way it is refused as damaged or cut short.
+    ("cut mid-line", lambda text: text[: len(text) // 2], ("is damaged", "is cut short")),
     ("wrong type", lambda text: text.replace("    size: ", "    size: big", 1),
      "nodes.base.artifact.size: expected int"),
     ("path outside the store", lambda text: text.replace("path: .barctl/store/", "path: ../../etc/", 1),
@@ -83,7 +84,8 @@ def test_a_damaged_lockfile_is_refused_naming_the_entry_and_never_written(built,
     for command in (("plan",), ("apply", "--auto-approve"), ("show",)):
         result = barctl(command[0], built, *command[1:])
         assert result.exit_code == 1, result.output
-        assert expected in result.output and str(lock) in result.output, result.output
+        alternatives = expected if isinstance(expected, tuple) else (expected,)
+        assert any(e in result.output for e in alternatives) and str(lock) in result.output, result.output
         assert "Traceback" not in result.output
     assert lock.read_text() == damaged
     assert not (built.parent.parent / "etc").exists()
