@@ -41,9 +41,9 @@ _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 def benign_requests() -> list[str]:
     """Irrelevance questions not held out for an evaluation, in a fixed order."""
-    held = {prepare.key(q) for q in prepare.reserved_irrelevance_questions()}
-    tools_eval = prepare.build_tools(prepare.reserved_irrelevance_questions())["tools_eval"]
-    held |= {prepare.key(prepare.prompt_text(row)) for row in tools_eval}
+    reserved = prepare.reserved_irrelevance_questions()
+    tools_eval = prepare.build_tools(reserved)["tools_eval"]
+    held = {prepare.key(q) for q in reserved} | {prepare.key(prepare.prompt_text(row)) for row in tools_eval}
     questions = [i["question"] for i in prepare.bfcl_items()["irrelevance"]]
     return sorted({q for q in questions if prepare.key(q) not in held})
 
