@@ -50,6 +50,8 @@ WHERE: dict[str, Callable[[Recipe, Recipe], Any]] = {
     "$defs/eval_domain/properties/unsafe_code": lambda r, p: task_settings(LM_EVAL)["unsafe_code"],
     "$defs/model_source/properties/random/properties/seed": lambda r, p: 0,  # read where the anchor is drawn (model/source.py)
     "$defs/dataset/properties/split": lambda r, p: r.datasets["chat"]["split"],
+    "$defs/dataset/properties/streaming": lambda r, p: r.datasets["chat"]["streaming"],
+    "$defs/dataset/properties/shuffle_buffer": lambda r, p: r.datasets["chat"]["shuffle_buffer"],
     "$defs/reward/properties/weight": lambda r, p: r.expert("math").stages[1].rewards[0]["weight"],
     "$defs/judge/properties/kind": lambda r, p: judge_settings(JUDGE)["kind"],
     "$defs/judge/properties/template": lambda r, p: judge_settings(JUDGE)["template"],

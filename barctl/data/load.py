@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import datasets
 
@@ -19,27 +20,31 @@ def load_dataset_spec(spec: dict, cache_dir: Path | None = None) -> datasets.Dat
     Local files use the json/csv/parquet builders; hub data uses `spec["hub"]` with its
     revision, subset and split. `cache_dir` overrides the `datasets` cache.
     """
-    if spec.get("hub"):
-        args = {
-            "path": spec["hub"],
-            "name": spec.get("subset"),
-            "revision": spec.get("revision"),
-            "split": spec.get("split") or "train",
-        }
-    else:
-        files = resolve_files(spec)
-        builder = builder_for(spec, files)
-        args = {"path": builder, "data_files": [str(f) for f in files], "split": "train"}
-        if builder == "csv":
-            # CSV cells are text, as inspect.py reads them; pandas would make "4" the number 4.
-            args["features"] = datasets.Features({c: datasets.Value("string") for c in _csv_header(files[0])})
     try:
-        dataset = datasets.load_dataset(**args, cache_dir=str(cache_dir) if cache_dir else None)
+        dataset = datasets.load_dataset(**load_args(spec), cache_dir=str(cache_dir) if cache_dir else None)
     # Builders and the hub client fail in many unrelated types (ArrowInvalid, DatasetGenerationError,
     # DatasetNotFoundError, ConnectionError, ...); all of them mean the data cannot be read.
     except Exception as e:
         raise BarctlError(f"{where(spec)}: cannot load: {e}") from e
     return canonical(spec, dataset)
+
+
+def load_args(spec: dict) -> dict[str, Any]:
+    """The `datasets.load_dataset` arguments that read a spec's split (barctl.data.stream_draw streams them)."""
+    if spec.get("hub"):
+        return {
+            "path": spec["hub"],
+            "name": spec.get("subset"),
+            "revision": spec.get("revision"),
+            "split": spec.get("split") or "train",
+        }
+    files = resolve_files(spec)
+    builder = builder_for(spec, files)
+    args: dict[str, Any] = {"path": builder, "data_files": [str(f) for f in files], "split": "train"}
+    if builder == "csv":
+        # CSV cells are text, as inspect.py reads them; pandas would make "4" the number 4.
+        args["features"] = datasets.Features({c: datasets.Value("string") for c in _csv_header(files[0])})
+    return args
 
 
 def canonical(spec: dict, dataset: datasets.Dataset) -> datasets.Dataset:

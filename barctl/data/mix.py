@@ -10,11 +10,12 @@ import datasets
 import numpy as np
 
 from barctl.data.formats import CANONICAL
+from barctl.data.stream_draw import StreamedDataset
 from barctl.errors import BarctlError
 
 
-def mix_plan(mix: Mapping[str, Any], sizes: dict[str, int]) -> dict[str, int]:
-    """Rows drawn from each dataset, given every dataset's row count.
+def mix_plan(mix: Mapping[str, Any], sizes: Mapping[str, int | None]) -> dict[str, int]:
+    """Rows drawn from each dataset, given every dataset's row count (None: unknown, a stream's).
 
     `count` takes that many rows, `fraction` that share of the dataset's rows (rounded),
     and `weight`s share what `size` leaves after them (largest remainder, so they sum
@@ -29,7 +30,7 @@ def mix_plan(mix: Mapping[str, Any], sizes: dict[str, int]) -> dict[str, int]:
         if source.get("count") is not None:
             rows = int(source["count"])
         elif source.get("fraction") is not None:
-            rows = round(source["fraction"] * sizes[name])
+            rows = round(source["fraction"] * _known(name, sizes[name]))
         else:
             rows = 0
             weighted.append((name, float(source["weight"])))
@@ -49,9 +50,17 @@ def mix_plan(mix: Mapping[str, Any], sizes: dict[str, int]) -> dict[str, int]:
             "give a source a weight to fill the rest, or drop size"
         )
     for name, rows in plan.items():
-        if rows and not sizes[name]:
+        if rows and sizes[name] == 0:
             raise BarctlError(f"mix source {name!r}: the dataset is empty but the mix takes {rows} rows from it")
     return plan
+
+
+def _known(name: str, size: int | None) -> int:
+    if size is None:
+        raise BarctlError(
+            f"mix source {name!r}: a fraction of a streamed dataset needs the split's size, and its metadata "
+            "does not give it; take a `count` instead, or set `streaming: false` on the dataset")
+    return size
 
 
 def _shares(total: int, weights: list[float]) -> list[int]:
@@ -65,23 +74,31 @@ def _shares(total: int, weights: list[float]) -> list[int]:
     return shares
 
 
-def build_mix(mix: Mapping[str, Any], datasets_by_name: dict[str, datasets.Dataset]) -> datasets.Dataset:
-    """The mix's rows from datasets as `load_dataset_spec` returns them, shuffled, with a `source` column.
+def build_mix(mix: Mapping[str, Any],
+              datasets_by_name: Mapping[str, datasets.Dataset | StreamedDataset]) -> datasets.Dataset:
+    """The mix's rows from datasets as `load_dataset_spec` (or `open_stream`) returns them, shuffled, with a
+    `source` column.
 
     Each dataset's rows are drawn from its own generator seeded by (seed, dataset name), so
     changing one source leaves the others' rows alone. Rows are drawn without replacement
     while they last; a source asking for more than the dataset holds repeats it: whole
     passes in fresh orders, then a sample for the rest, so repeat counts differ by at most
-    one. Columns only some datasets have (extra `prompt` columns) are null in the others.
+    one. A streamed dataset's rows are the first of its seeded stream (barctl.data.stream_draw).
+    Columns only some datasets have (extra `prompt` columns) are null in the others.
     """
-    plan = mix_plan(mix, {name: len(ds) for name, ds in datasets_by_name.items()})
+    plan = mix_plan(mix, {name: ds.size if isinstance(ds, StreamedDataset) else len(ds)
+                          for name, ds in datasets_by_name.items()})
     seed = mix.get("seed") or 0
     parts = []
     for name, rows in plan.items():
         if not rows:
             continue
         dataset = datasets_by_name[name]
-        part = dataset.select(_draw(len(dataset), rows, _generator(seed, name)))
+        generator = _generator(seed, name)
+        if isinstance(dataset, StreamedDataset):
+            part = dataset.draw(rows, int(generator.integers(2**32)))
+        else:
+            part = dataset.select(_draw(len(dataset), rows, generator))
         if "source" in part.column_names:
             part = part.remove_columns("source")
         parts.append((name, part.add_column("source", [name] * rows)))

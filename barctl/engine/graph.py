@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from barctl.data.streaming import stream_keys
 from barctl.engine.baselines import ALL_TRAINABLE, RetrainStage, btx_stage_id, retrain_stages
 from barctl.manifest.recipe import Recipe, Stage
 
@@ -150,7 +151,7 @@ def build_graph(recipe: Recipe, fingerprints: Fingerprints) -> Graph:
         for stage in expert.stages:
             head = b.add(
                 f"{prefix}.{stage.name}", stage.kind, stage_config(stage), [head],
-                _data(recipe, fingerprints, stage_datasets(stage)),
+                _data(recipe, fingerprints, stage_datasets(stage), stage_mixes(stage)),
             )
         expert_heads.append(head)
 
@@ -191,7 +192,7 @@ def _add_baselines(b: _Builder, recipe: Recipe, fingerprints: Fingerprints, base
             for stage in expert.stages:
                 head = b.add(btx_stage_id(expert.name, stage.name), stage.kind,
                              {**stage_config(stage), "trainable": list(ALL_TRAINABLE), "dense": True}, [head],
-                             _data(recipe, fingerprints, stage_datasets(stage)))
+                             _data(recipe, fingerprints, stage_datasets(stage), stage_mixes(stage)))
             heads.append(head)
         merge = b.add("btx.merge", "btx_merge",
                       {"experts": [e.name for e in recipe.experts], "top_k": resolved_top_k(recipe),
@@ -204,7 +205,8 @@ def _add_baselines(b: _Builder, recipe: Recipe, fingerprints: Fingerprints, base
         for retrain in retrain_stages(recipe):
             config = retrain_config(retrain)
             names = sorted({s["dataset"] for mix in config["mixes"].values() for s in mix["sources"]})
-            head = b.add(retrain.node_id, retrain.kind, config, [head], _data(recipe, fingerprints, names))
+            head = b.add(retrain.node_id, retrain.kind, config, [head],
+                         _data(recipe, fingerprints, names, list(config["mixes"].values())))
         evaluated["retrain"] = [head]
     return evaluated
 
@@ -215,8 +217,13 @@ def retrain_config(stage: RetrainStage) -> dict[str, Any]:
             "trainable": list(ALL_TRAINABLE), "training": stage.training(), "rewards": stage.rewards(), "dense": True}
 
 
-def _data(recipe: Recipe, fingerprints: Fingerprints, names: list[str]) -> dict[str, Any]:
-    return {name: fingerprints.dataset(recipe.datasets[name]) for name in names}
+def _data(recipe: Recipe, fingerprints: Fingerprints, names: list[str],
+          mixes: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The fingerprints of a stage's datasets; a streamed one's with how it was streamed (barctl.data.streaming)."""
+    streamed = stream_keys(recipe.datasets, mixes)
+    found = {name: fingerprints.dataset(recipe.datasets[name]) for name in names}
+    return {name: {**fingerprint, "stream": streamed[name]} if name in streamed else fingerprint
+            for name, fingerprint in found.items()}
 
 
 def router_config(recipe: Recipe) -> dict[str, Any]:
@@ -300,6 +307,10 @@ def stage_config(stage: Stage) -> dict[str, Any]:
         "training": stage.training,
         "rewards": list(stage.rewards),
     }
+
+
+def stage_mixes(stage: Stage) -> list[Mapping[str, Any]]:
+    return [] if stage.mix is None else [stage.mix]
 
 
 def stage_datasets(stage: Stage) -> list[str]:

@@ -28,6 +28,8 @@ class DatasetSpec(TypedDict):
     name: str
     split: str
     format: str
+    streaming: bool | str  # true, false or "auto" (barctl.data.streaming)
+    shuffle_buffer: int
     path: NotRequired[str]
     hub: NotRequired[str]
     revision: NotRequired[str]

@@ -28,6 +28,8 @@ from transformers import (
 
 from barctl.data.load import load_dataset_spec
 from barctl.data.mix import build_mix, concatenate_mixes
+from barctl.data.stream_draw import StreamedDataset, open_stream
+from barctl.data.streaming import streams
 from barctl.errors import BarctlError
 from barctl.logs import duration
 from barctl.manifest.recipe import Recipe
@@ -90,14 +92,16 @@ def stop_router_logits(model: PreTrainedModel) -> None:
 
 
 def stage_dataset(recipe: Recipe, mix: Mapping[str, Any]) -> datasets.Dataset:
-    """The stage's mix, drawn from its datasets (local paths resolved against the manifest's directory).
+    """The stage's mix, drawn from its datasets (local paths resolved against the manifest's directory),
+    each read whole or as a stream as barctl.data.streaming decides.
 
     Its `source` column (the dataset a row came from) stays: GRPO rewards may read it, and
     the other trainers drop columns the model does not take.
     """
-    loaded = {}
+    loaded: dict[str, datasets.Dataset | StreamedDataset] = {}
     for name in dict.fromkeys(source["dataset"] for source in mix["sources"]):
-        loaded[name] = load_dataset_spec(recipe.dataset_spec(name))
+        spec = recipe.dataset_spec(name)
+        loaded[name] = open_stream(spec) if streams(spec, mix) else load_dataset_spec(spec)
     return build_mix(mix, loaded)
 
 
