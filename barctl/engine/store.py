@@ -41,6 +41,7 @@ class Store:
         self.state_dir = root / ".barctl"
         self.objects = self.state_dir / "store"
         self.cache = FingerprintCache(self.state_dir / "cache" / "digests.json")
+        self.tokenized = self.state_dir / "cache" / "tokenized"  # stages' prepared datasets (barctl.training.tokenized)
 
     def path_for(self, key: str) -> Path:
         return self.objects / key[:2] / key

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from barctl.runners import NodeContext, model_dir
@@ -52,12 +53,10 @@ def train_stage(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, An
         counts = apply_trainable(model, config["trainable"])
     if common.on_cpu() and config["training"].get("precision", "fp32") != "fp32":
         ctx.say("no GPU: training in fp32 on the CPU")
-    dataset = common.union_dataset(ctx.recipe, list(config["mixes"].values()), config["training"]["seed"]) \
-        if "mixes" in config else common.stage_dataset(ctx.recipe, config["mix"])
     if config["kind"] == "grpo":  # a reward's judge model, at its absolute path
         config = {**config, "rewards": [{**r, "judge": ctx.recipe.resolve_judge(r)} for r in config["rewards"]]}
     output_dir = common.prepare_work(ctx.work, ctx.node.key, ctx.say)
-    trainer = kind.build_trainer(config, model, tokenizer, dataset, output_dir)
+    trainer = _trainer(ctx, kind, model, tokenizer, input_dir, output_dir)
     guard = () if dense else (common.RestoreAnchor(AnchorGuard(model)),)
     for callback in (*guard, common.Progress(ctx.say, kind.METRIC, ctx.note), *callbacks):
         trainer.add_callback(callback)
@@ -91,3 +90,27 @@ def train_stage(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, An
         "train_seconds": round(seconds, 2),  # trainer.train() alone; apply records the node's wall time as seconds
         "trainable_parameters": sum(counts.values()),
     }
+
+
+def _trainer(ctx: NodeContext, kind: Any, model: Any, tokenizer: Any, input_dir: Path, output_dir: Path) -> Any:
+    """The kind's trainer, on the stage's data as TRL prepared it before when the tokenised cache holds it
+    (sft, midtrain: barctl.training.tokenized); a fresh preparation is stored for the next build."""
+    from barctl.engine.store import Store
+    from barctl.training import common, tokenized
+
+    config = ctx.config
+    cache = None
+    if config["kind"] in tokenized.KINDS:
+        key = tokenized.cache_key(config, ctx.node.data, input_dir)
+        cache = tokenized.TokenizedCache(Store(ctx.recipe.root).tokenized, key)
+    prepared = cache.load() if cache is not None else None
+    common.wait_for_ranks()  # every rank has looked before the main one writes
+    if prepared is not None:
+        ctx.say("the tokenised data comes from the cache")
+        return kind.build_trainer(config, model, tokenizer, prepared, output_dir, prepared=True)
+    dataset = common.union_dataset(ctx.recipe, list(config["mixes"].values()), config["training"]["seed"]) \
+        if "mixes" in config else common.stage_dataset(ctx.recipe, config["mix"])
+    trainer = kind.build_trainer(config, model, tokenizer, dataset, output_dir)
+    if cache is not None and trainer.accelerator.is_main_process:
+        cache.save(trainer.train_dataset)
+    return trainer

@@ -269,6 +269,12 @@ def prepare_work(work: Path, node_key: str, say: Callable[[str], None]) -> Path:
     return work / "trainer"
 
 
+def wait_for_ranks() -> None:
+    """Under a launcher, wait until every rank gets here; alone, return."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def last_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete checkpoint (its trainer_state.json, written last, is readable)."""
     candidates = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)

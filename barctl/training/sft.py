@@ -19,13 +19,15 @@ from trl.chat_template_utils import get_training_chat_template
 
 from barctl.errors import BarctlError
 from barctl.training.common import trl_config
+from barctl.training.tokenized import skip_preparation
 
 METRIC = "loss"
 
 
 def build_trainer(config: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                   dataset: datasets.Dataset, output_dir: Path,
-                  trainer_class: type[SFTTrainer] = SFTTrainer) -> SFTTrainer:
+                  trainer_class: type[SFTTrainer] = SFTTrainer, prepared: bool = False) -> SFTTrainer:
+    """`prepared`: `dataset` is what an earlier trainer prepared (barctl.training.tokenized), used as is."""
     defaults: dict[str, Any] = {"include_num_input_tokens_seen": "non_padding"}
     if "messages" in dataset.column_names:
         if masks_assistant_turns(tokenizer):
@@ -33,6 +35,8 @@ def build_trainer(config: dict[str, Any], model: PreTrainedModel, tokenizer: Pre
         else:
             dataset = dataset.map(split_last_turn, remove_columns="messages")
     args = trl_config(SFTConfig, config["training"], output_dir, defaults=defaults)
+    if prepared:
+        skip_preparation(args)
     return trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
