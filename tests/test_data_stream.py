@@ -36,12 +36,13 @@ def take(source, rows: int, seed: int = 0, how: str = "count") -> list[str]:
     return build_mix(mix, {"t": source})["text"]
 
 
-def test_the_schema_defaults_stream_hub_counts_and_fractions_only():
+def test_the_schema_defaults_stream_hub_counts_and_partial_fractions_only():
     hub = {"name": "t", "hub": "org/t", **defaults("$defs", "dataset")}
     local = {"name": "t", "path": "t.jsonl", **defaults("$defs", "dataset")}
     by = lambda *sources: {"sources": [{"dataset": "t", **s} for s in sources]}  # noqa: E731
     assert hub["streaming"] == "auto"
     assert streams(hub, by({"count": 5})) and streams(hub, by({"fraction": 0.5}))
+    assert not streams(hub, by({"fraction": 1.0}))  # all of it: read whole, shuffled by permutation
     assert not streams(hub, by({"weight": 1.0}))
     assert not streams(hub, by({"count": 5}, {"weight": 1.0}))  # a weight draws from the whole length
     assert not streams(local, by({"count": 5}))

@@ -13,14 +13,15 @@ def streams(spec: Mapping[str, Any], mix: Mapping[str, Any]) -> bool:
     """Whether `mix` reads the dataset `spec` as a stream.
 
     `streaming: true` always; `auto` for a hub dataset of which every source of the mix that
-    names it takes a `count` or a `fraction` (a `weight` draws from the whole dataset's length).
+    names it takes a `count` or a `fraction` below 1 (a `weight` draws from the whole dataset's
+    length; `fraction: 1` reads all of it anyway, and a whole load shuffles it better).
     """
     mode = spec["streaming"]
     if mode is True or mode is False:
         return mode
     sources = [s for s in mix["sources"] if s["dataset"] == spec["name"]]
     return bool(spec.get("hub")) and bool(sources) and all(
-        s.get("count") is not None or s.get("fraction") is not None for s in sources)
+        s.get("count") is not None or (s.get("fraction") is not None and s["fraction"] < 1) for s in sources)
 
 
 def stream_keys(specs: Mapping[str, Mapping[str, Any]], mixes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
