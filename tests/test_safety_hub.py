@@ -27,8 +27,8 @@ def _point(cache, kind: str, repo: str, commit: str, branch: str = "main") -> No
     ref.write_text(commit)
 
 
-def _project(tmp_path, tokenizer_dir, revision: str | None = None):
-    chat = {"hub": "org/chat", "format": "messages", **({"revision": revision} if revision else {})}
+def _project(tmp_path, tokenizer_dir, revision: str | None = None, reading: dict | None = None):
+    chat = {"hub": "org/chat", "format": "messages", **({"revision": revision} if revision else {}), **(reading or {})}
     stage = {"kind": "sft", "mix": {"sources": [{"dataset": "chat", "count": 2}]}}
     return make_project(tmp_path / "project", tokenizer_dir,
                         tiny_manifest({"math": {"stages": [stage]}}, datasets={"chat": chat}))
@@ -116,3 +116,16 @@ def test_launched_ranks_read_the_context_apply_pinned_and_resolve_nothing(tmp_pa
     context_path(ctx.recipe, node.id).unlink()
     with pytest.raises(BarctlError, match="cannot read the context apply hands its launched ranks"):
         node_context(manifest, node.id, main_process=False)
+
+
+
+@pytest.mark.parametrize("reading", [{"subset": "en"}, {"split": "validation"}, {"columns": {"messages": "chat"}}])
+def test_what_a_spec_reads_is_in_the_key_and_defaults_keep_it(tmp_path, tokenizer_dir, hub_cache, reading):
+    """Another subset, split or column mapping reads other rows, so the stages that read them rebuild; the
+    default split and no mapping leave the key as it was before these fields were keyed."""
+    _point(hub_cache, "dataset", "org/chat", A)
+    plain = _keys(_project(tmp_path / "plain", tokenizer_dir))
+    assert _keys(_project(tmp_path / "default", tokenizer_dir, reading={"split": "train"})) == plain
+    changed = _keys(_project(tmp_path / "changed", tokenizer_dir, reading=reading))
+    assert changed["experts.math.sft"] != plain["experts.math.sft"]
+    assert changed["experts.math.branch"] == plain["experts.math.branch"]

@@ -15,6 +15,7 @@ from typing import Any
 from barctl.data.fingerprint import FingerprintCache, file_digest, fingerprint
 from barctl.engine.hub import resolved_commit
 from barctl.errors import BarctlError
+from barctl.manifest import schema
 from barctl.manifest.recipe import Recipe
 from barctl.model.source import package_dir
 
@@ -44,7 +45,7 @@ class ProjectFingerprints:
         absolute = dict(spec)
         if "path" in spec:
             absolute["path"] = str(self.recipe.resolve(spec["path"]))
-        found = fingerprint(absolute, self.cache)
+        found = fingerprint(absolute, self.cache) | _reading(spec)
         if found["kind"] == "hub":
             return _with_commit(found, resolved_commit(spec["hub"], spec.get("revision"), "dataset"))
         if "files" in found:
@@ -69,6 +70,20 @@ class ProjectFingerprints:
     def _relative(self, path: Path) -> str:
         root = self.recipe.root
         return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+def _reading(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """How a spec reads its data, where that changes the rows: a hub subset or a split other than the default,
+    a column mapping. Left out when unset, so the keys of projects that set none stay what they were."""
+    reading: dict[str, Any] = {}
+    if spec.get("hub"):
+        if spec.get("subset"):
+            reading["subset"] = spec["subset"]
+        if spec.get("split") not in (None, schema.default("$defs", "dataset", "properties", "split")):
+            reading["split"] = spec["split"]
+    if spec.get("columns"):
+        reading["columns"] = dict(sorted(spec["columns"].items()))
+    return reading
 
 
 def _with_commit(found: dict[str, Any], commit: str | None) -> dict[str, Any]:
