@@ -32,6 +32,7 @@ FORMATS = {
     "code_eval": "prompt",
     "tools_sft": "messages",
     "tools_eval": "prompt",
+    "tools_calls": "prompt_completion",
     "safety_sft": "messages",
     "safety_eval": "prompt",
     "general_sft": "messages",
@@ -114,6 +115,7 @@ def test_row_counts_follow_the_constants(out, prepare):
     assert counts["code_eval"] == prepare.CODE_EVAL_ROWS
     assert counts["tools_sft"] == prepare.TOOLS_SFT_ROWS
     assert counts["tools_eval"] == sum(prepare.TOOLS_EVAL_ROWS.values()) == 100  # the demo's 100 rows per domain
+    assert counts["tools_calls"] == counts["tools_eval"]
     harmful = sum(r["harmful"] for r in rows(out, "safety_eval"))
     assert harmful == prepare.SAFETY_EVAL_HARMFUL_ROWS
     assert counts["safety_eval"] - harmful == prepare.SAFETY_EVAL_CHAT_ROWS + prepare.SAFETY_EVAL_QUESTION_ROWS
@@ -132,6 +134,7 @@ def test_evaluations_do_not_share_prompts_with_training(out):
         "math_eval": ("math_text", "math_sft", "math_rl"),
         "code_eval": ("code_text", "code_sft"),
         "tools_eval": ("tools_sft",),
+        "tools_calls": ("tools_sft",),
         "safety_eval": ("safety_sft", "general_sft", "tools_sft"),
     }
     for eval_name, train_names in training.items():
@@ -236,3 +239,19 @@ def test_humaneval_solutions_pass_their_tests(out, prepare):
     for row in rows(out, "code_sft"):
         assert reply(row).startswith("```python\n") and reply(row).endswith("\n```")
         assert "def main_solution" in reply(row)
+
+
+def test_tools_calls_are_the_held_out_items_with_the_reply_sft_teaches(out, prepare):
+    """The loss domain's references: tools_eval's prompts, each with its first acceptable call (or the no-call
+    reply), in the format the SFT rows use, and every reference an acceptable answer to the AST grader."""
+    from barctl.rewards.tool_call import tool_call
+
+    evals, calls = rows(out, "tools_eval"), rows(out, "tools_calls")
+    reply_to = {json.dumps(row["prompt"]): row["completion"][0]["content"] for row in calls}
+    assert len(reply_to) == len(calls) and reply_to.keys() == {json.dumps(row["prompt"]) for row in evals}
+    replies = [reply_to[json.dumps(row["prompt"])] for row in evals]
+    assert sum(reply == prepare.NO_TOOL_REPLY for reply in replies) == prepare.TOOLS_EVAL_ROWS["irrelevance"]
+    rewards = tool_call(prompts=[row["prompt"] for row in evals], completions=replies,
+                        ground_truth=[row["ground_truth"] for row in evals])
+    assert rewards == [1.0] * len(evals)
+

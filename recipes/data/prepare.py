@@ -646,7 +646,9 @@ def bfcl_items() -> dict[str, list[dict]]:
 
 
 def build_tools(reserved_questions: list[str]) -> dict[str, list[dict]]:
-    """tools_sft and tools_eval; `reserved_questions` (irrelevance questions kept for safety_eval) are left out."""
+    """tools_sft, tools_eval and tools_calls (tools_eval's items with the reply SFT would teach: the first
+    acceptable value of each argument, or the no-call reply); `reserved_questions` (irrelevance questions kept
+    for safety_eval) are left out."""
     reserved = {key(q) for q in reserved_questions}
     sft, evals = [], []
     held: set[str] = set()  # BFCL asks a few questions in two categories: each is held out once
@@ -674,6 +676,8 @@ def build_tools(reserved_questions: list[str]) -> dict[str, list[dict]]:
             }
             for i in evals
         ],
+        "tools_calls": [{"prompt": prompt(i), "completion": [{"role": "assistant", "content": reply(i)}]}
+                        for i in evals],
     }
 
 
@@ -775,6 +779,7 @@ EVAL_TRAINING = {  # evaluation file -> the training files it must not share a p
     "math_eval": ("math_text", "math_sft", "math_rl"),
     "code_eval": ("code_text", "code_sft"),
     "tools_eval": ("tools_sft",),
+    "tools_calls": ("tools_sft",),
     "safety_eval": ("safety_sft", "general_sft", "tools_sft"),
 }
 
