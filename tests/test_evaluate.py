@@ -196,6 +196,16 @@ def test_loss_of_text_counts_every_token(model, tokenizer):
     assert [nll for nll, _ in result["rows"]] == [pytest.approx(s, rel=1e-5) for s, _ in sums]
 
 
+def test_loss_rows_keep_their_order_whatever_the_length_batching(model, tokenizer):
+    """Rows are batched by length (longest last); each row's result still comes back in its own place."""
+    texts = sorted(TEXTS, key=len, reverse=True) + ["A short one."]
+    rows = [{"text": t} for t in texts]
+    alone = [evaluate_domain(model, tokenizer, datasets.Dataset.from_list([row]), "loss")["rows"][0] for row in rows]
+    batched = evaluate_domain(model, tokenizer, datasets.Dataset.from_list(rows), "loss", batch_size=3)["rows"]
+    assert [tokens for _, tokens in batched] == [tokens for _, tokens in alone]
+    assert [nll for nll, _ in batched] == [pytest.approx(nll, rel=1e-5) for nll, _ in alone]
+
+
 def test_loss_of_prompt_completion_counts_only_the_completion(model, tokenizer):
     row = {"prompt": "What is 12 + 30?", "completion": " The answer is 42."}
     result = evaluate_domain(model, tokenizer, datasets.Dataset.from_list([row]), "loss")

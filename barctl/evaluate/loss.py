@@ -40,16 +40,21 @@ def token_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows:
     truncated = sum(len(ids) > max_length for ids, _ in examples)
     examples = [(ids[:max_length], labels[:max_length]) for ids, labels in examples]
     pad_id = pad_token_id(tokenizer)
-    per_row: list[list[float]] = []
+    per_row: list[list[float]] = [[0.0, 0]] * len(examples)
+    # batched by length, as generation is, so that a batch pads little; results keep the rows' order
+    by_length = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    done = 0
     model.eval()
     with torch.inference_mode():
-        for batch in chunks(examples, batch_size):
-            input_ids, mask = padded_batch([ids for ids, _ in batch], pad_id, "right", model.device)
-            labels = pad([lab for _, lab in batch], IGNORE, "right", model.device)[:, 1:]
+        for batch in chunks(by_length, batch_size):
+            input_ids, mask = padded_batch([examples[i][0] for i in batch], pad_id, "right", model.device)
+            labels = pad([examples[i][1] for i in batch], IGNORE, "right", model.device)[:, 1:]
             logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
             nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none").sum(dim=1)
-            per_row += [[value, count] for value, count in zip(nll.tolist(), (labels != IGNORE).sum(dim=1).tolist())]
-            progress(len(per_row))
+            for index, value, count in zip(batch, nll.tolist(), (labels != IGNORE).sum(dim=1).tolist()):
+                per_row[index] = [value, count]
+            done += len(batch)
+            progress(done)
     tokens = sum(count for _, count in per_row)
     if not tokens:
         raise BarctlError(f"loss: no target tokens to score in {len(rows)} rows (max_length {max_length})")
