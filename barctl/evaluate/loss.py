@@ -49,8 +49,7 @@ def token_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows:
         for batch in chunks(by_length, batch_size):
             input_ids, mask = padded_batch([examples[i][0] for i in batch], pad_id, "right", model.device)
             labels = pad([examples[i][1] for i in batch], IGNORE, "right", model.device)[:, 1:]
-            logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-            nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none").sum(dim=1)
+            nll = _summed_nll(model, input_ids, mask, labels)
             for index, value, count in zip(batch, nll.tolist(), (labels != IGNORE).sum(dim=1).tolist()):
                 per_row[index] = [value, count]
             done += len(batch)
@@ -60,6 +59,22 @@ def token_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows:
         raise BarctlError(f"loss: no target tokens to score in {len(rows)} rows (max_length {max_length})")
     return {"loss": sum(value for value, _ in per_row) / tokens, "tokens": tokens, "truncated": truncated,
             "rows": per_row}
+
+
+def _summed_nll(model: PreTrainedModel, input_ids: torch.Tensor, mask: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
+    """Per row, the summed negative log-likelihood of its target tokens (`labels` shifted, IGNORE elsewhere).
+
+    The LM head runs on the target positions only: a batch's full logits (rows x tokens x vocabulary, in
+    fp32) would take gigabytes for a 49k vocabulary at batch 50, and most positions are context.
+    """
+    hidden = model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state[:, :-1]
+    scored = labels != IGNORE
+    head = cast(torch.nn.Module, model.get_output_embeddings())
+    logits = head(hidden[scored]).float()
+    per_token = F.cross_entropy(logits, labels[scored], reduction="none")
+    rows = scored.nonzero()[:, 0]
+    return torch.zeros(labels.shape[0], dtype=per_token.dtype, device=per_token.device).index_add_(0, rows, per_token)
 
 
 def targets(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any], fmt: str) -> tuple[list[int], list[int]]:
