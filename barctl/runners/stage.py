@@ -56,7 +56,7 @@ def train_stage(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, An
     if config["kind"] == "grpo":  # a reward's judge model, at its absolute path
         config = {**config, "rewards": [{**r, "judge": ctx.recipe.resolve_judge(r)} for r in config["rewards"]]}
     output_dir = common.prepare_work(ctx.work, ctx.node.key, ctx.say)
-    trainer = _trainer(ctx, kind, model, tokenizer, input_dir, output_dir)
+    trainer = _trainer(ctx, config, kind, model, tokenizer, input_dir, output_dir)
     guard = () if dense else (common.RestoreAnchor(AnchorGuard(model)),)
     for callback in (*guard, common.Progress(ctx.say, kind.METRIC, ctx.note), *callbacks):
         trainer.add_callback(callback)
@@ -92,13 +92,13 @@ def train_stage(ctx: NodeContext, callbacks: Sequence[Any] = ()) -> dict[str, An
     }
 
 
-def _trainer(ctx: NodeContext, kind: Any, model: Any, tokenizer: Any, input_dir: Path, output_dir: Path) -> Any:
+def _trainer(ctx: NodeContext, config: dict[str, Any], kind: Any, model: Any, tokenizer: Any, input_dir: Path,
+             output_dir: Path) -> Any:
     """The kind's trainer, on the stage's data as TRL prepared it before when the tokenised cache holds it
     (sft, midtrain: barctl.training.tokenized); a fresh preparation is stored for the next build."""
     from barctl.engine.store import Store
     from barctl.training import common, tokenized
 
-    config = ctx.config
     cache = None
     if config["kind"] in tokenized.KINDS:
         key = tokenized.cache_key(config, ctx.node.data, input_dir)
