@@ -42,13 +42,13 @@ def cache(tmp_path: Path) -> FingerprintCache:
 def hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The files actually read and hashed."""
     calls: list[Path] = []
-    real = fp._hash_file
+    real = fp.content_digest
 
     def counting(path: Path) -> str:
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(fp, "_hash_file", counting)
+    monkeypatch.setattr(fp, "content_digest", counting)
     return calls
 
 

@@ -86,7 +86,7 @@ def file_digest(path: Path, cache: FingerprintCache, *, trust_cache: bool = True
     stat = path.stat()
     digest = cache.get(str(path), stat.st_size, stat.st_mtime_ns) if trust_cache else None
     if digest is None:
-        digest = _hash_file(path)
+        digest = content_digest(path)
         if time.time_ns() - stat.st_mtime_ns > _RACY_NS:
             cache.put(str(path), stat.st_size, stat.st_mtime_ns, digest)
     return digest
@@ -111,7 +111,8 @@ def fingerprint(spec: dict, cache: FingerprintCache) -> dict:
     return {"kind": "files", "files": files, "digest": f"sha256:{combined}"}
 
 
-def _hash_file(path: Path) -> str:
+def content_digest(path: Path) -> str:
+    """`sha256:<hex>` of a file's bytes, read in blocks."""
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(_BLOCK):

@@ -63,7 +63,7 @@ def split_size(args: dict[str, Any]) -> int | None:
     except Exception:  # no metadata to read: the size is unknown, which only a `fraction` needs
         return None
     found = (info.splits or {}).get(split)
-    return found.num_examples or None if found is not None else None
+    return (found.num_examples or None) if found is not None else None
 
 
 def _pass_seed(seed: int, epoch: int) -> int:

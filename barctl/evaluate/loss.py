@@ -40,7 +40,7 @@ def token_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows:
     truncated = sum(len(ids) > max_length for ids, _ in examples)
     examples = [(ids[:max_length], labels[:max_length]) for ids, labels in examples]
     pad_id = pad_token_id(tokenizer)
-    per_row: list[list[float]] = [[0.0, 0]] * len(examples)
+    per_row: list[list[float]] = [[0.0, 0] for _ in examples]
     # batched by length, as generation is, so that a batch pads little; results keep the rows' order
     by_length = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
     done = 0

@@ -25,6 +25,7 @@ from typing import Any
 import datasets
 import trl
 
+from barctl.data.fingerprint import content_digest
 from barctl.engine.graph import canonical_json
 
 VERSION = 1
@@ -32,7 +33,6 @@ KINDS = ("sft", "midtrain")  # the kinds whose trainers take a prepared dataset 
 DIGESTS = "barctl-digests.json"
 TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt",
                    "chat_template*", "*.model", "*.tiktoken")
-_BLOCK = 1 << 20
 
 
 def cache_key(config: Mapping[str, Any], data: Mapping[str, Any], tokenizer_dir: Path) -> str:
@@ -62,7 +62,7 @@ def tokenizer_digest(directory: Path) -> str:
     files = sorted({p for pattern in TOKENIZER_FILES for p in directory.glob(pattern) if p.is_file()})
     outer = hashlib.sha256()
     for path in files:
-        outer.update(f"{path.name}\0{_file_digest(path)}\n".encode())
+        outer.update(f"{path.name}\0{content_digest(path)}\n".encode())
     return outer.hexdigest()
 
 
@@ -75,7 +75,7 @@ class TokenizedCache:
         """The stored dataset; None when there is none, or when its files are not the ones written."""
         try:
             expected = json.loads((self.path / DIGESTS).read_text())
-            found = {p.name: _file_digest(p) for p in self.path.iterdir() if p.name != DIGESTS}
+            found = {p.name: content_digest(p) for p in self.path.iterdir() if p.name != DIGESTS}
             if found != expected:
                 return None
             return datasets.load_from_disk(str(self.path))
@@ -88,7 +88,7 @@ class TokenizedCache:
         staged = self.root / f".tmp-{self.path.name[:16]}-{uuid.uuid4().hex[:8]}"
         try:
             dataset.save_to_disk(str(staged))
-            digests = {p.name: _file_digest(p) for p in staged.iterdir()}
+            digests = {p.name: content_digest(p) for p in staged.iterdir()}
             (staged / DIGESTS).write_text(json.dumps(digests, sort_keys=True))
             if self.path.exists():
                 trash = self.root / f".trash-{uuid.uuid4().hex[:8]}"
@@ -97,11 +97,3 @@ class TokenizedCache:
             staged.rename(self.path)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
-
-
-def _file_digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            sha.update(block)
-    return sha.hexdigest()
