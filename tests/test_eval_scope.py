@@ -28,12 +28,14 @@ def project(root: Path, tokenizer_dir: Path, evals: dict = EVALS) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name, rows in (("chat", CHATS), ("math_eval", MATH), ("code_eval", CODE)):
         (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return make_project(root, tokenizer_dir, manifest_of(evals))
+
+
+def manifest_of(evals: dict) -> dict:
     datasets = {"chat": {"path": "chat.jsonl", "format": "messages"},
                 "math_eval": {"path": "math_eval.jsonl", "format": "prompt"},
                 "code_eval": {"path": "code_eval.jsonl", "format": "text"}}
-    manifest = tiny_manifest({"math": {"stages": [STAGE]}, "code": {"stages": [STAGE]}},
-                             datasets=datasets, evals=evals)
-    return make_project(root, tokenizer_dir, manifest)
+    return tiny_manifest({"math": {"stages": [STAGE]}, "code": {"stages": [STAGE]}}, datasets=datasets, evals=evals)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,20 @@ def test_another_domains_data_does_not_rebuild_an_experts_own_evaluation(built):
     (manifest.parent / "code_eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CODE[::-1]))
     actions = changed(plan_json(manifest))
     assert actions == {"eval.anchor": "rebuild", "eval.experts.code": "rebuild", "eval.merged": "rebuild",
+                       "export": "rebuild"}
+
+
+def test_a_loss_domain_does_not_rebuild_when_only_the_generation_length_changes(built):
+    manifest, _ = built
+    (manifest.parent / "code_eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CODE))
+    longer = {**EVALS, "generation": {**EVALS["generation"], "max_new_tokens": 5}}
+    write_manifest(manifest, manifest_of(longer))
+    try:
+        actions = changed(plan_json(manifest))
+    finally:
+        write_manifest(manifest, manifest_of(EVALS))
+    # the code domain is scored by loss: it generates nothing, so only the math domain's evaluations rebuild
+    assert actions == {"eval.anchor": "rebuild", "eval.experts.math": "rebuild", "eval.merged": "rebuild",
                        "export": "rebuild"}
 
 

@@ -12,11 +12,12 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from barctl.data.streaming import stream_keys
 from barctl.engine.baselines import ALL_TRAINABLE, RetrainStage, btx_stage_id, retrain_stages
 from barctl.manifest.recipe import Recipe, Stage
+from barctl.manifest.sections import EvalDomain, Generation
 
 # Bump a kind's version whenever its runner's output changes for the same config:
 # every node of that kind then rebuilds, with the reason named in the plan.
@@ -246,7 +247,7 @@ def _add_evals(b: _Builder, recipe: Recipe, fingerprints: Fingerprints, base: st
     inputs. The baselines' evaluations are left out of those: gates judge BAR's models."""
     if not recipe.evals:
         return []
-    domains = recipe.evals["domains"]
+    domains = {name: _evaluated_settings(spec) for name, spec in recipe.evals["domains"].items()}
 
     def data(evaluated: dict[str, Any]) -> dict[str, Any]:
         found = {name: fingerprints.dataset(recipe.datasets[name])
@@ -274,6 +275,15 @@ def _add_evals(b: _Builder, recipe: Recipe, fingerprints: Fingerprints, base: st
                 config["domains"] = {expert: domains[expert]}
         nodes.append(b.add(node_id, "eval", config, inputs, data(config["domains"])))
     return nodes
+
+
+def _evaluated_settings(domain: EvalDomain) -> EvalDomain:
+    """A domain as its evaluation uses it: a `loss` domain generates nothing, so its key leaves out the
+    generation length."""
+    if domain["metric"] != "loss":
+        return domain
+    generation = cast(Generation, {k: v for k, v in domain["generation"].items() if k != "max_new_tokens"})
+    return {**domain, "generation": generation}
 
 
 def evaluated_models(recipe: Recipe) -> list[tuple[str, str]]:

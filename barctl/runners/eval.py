@@ -36,8 +36,7 @@ def run(ctx: NodeContext) -> dict[str, Any]:
         ctx.say(f"{domain}: {spec['metric']} on {len(rows)} rows")
         with ctx.steps(f"{domain}: {spec['metric']}", "rows") as steps:
             results[domain] = evaluate_domain(
-                model, tokenizer, rows, spec["metric"], max_new_tokens=limits["max_new_tokens"],
-                batch_size=limits["batch_size"], max_length=limits["max_length"],
+                model, tokenizer, rows, spec["metric"], **limits,  # a loss domain's limits have no max_new_tokens
                 progress=steps.start(len(rows)).update, judge=ctx.recipe.resolve_judge(spec),
             )
         report = ctx.config.get("routing_report")
