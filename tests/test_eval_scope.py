@@ -83,6 +83,7 @@ def test_another_domains_data_does_not_rebuild_an_experts_own_evaluation(built):
 
 def test_a_loss_domain_does_not_rebuild_when_only_the_generation_length_changes(built):
     manifest, _ = built
+    # the lockfile's code rows (an earlier test reverses them), so that only the manifest differs
     (manifest.parent / "code_eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CODE))
     longer = {**EVALS, "generation": {**EVALS["generation"], "max_new_tokens": 5}}
     write_manifest(manifest, manifest_of(longer))
